@@ -8,11 +8,16 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/dotkv-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
-# Proptest cases per property; the suite promises at least 1,000.
-PROPTEST_CASES ?= 1000
-export PROPTEST_CASES
+# C and C++ compile through ccache (see .cargo/config.toml); its cache lives in
+# ~/.cache/ccache, outside the checkout, like the target directory.
 
 BIN := $(CARGO_TARGET_DIR)/release/dotkv
+# Every cargo command selects the same packages and targets. Cargo unifies
+# dependency features per invocation, and a different selection can change the
+# features of RocksDB's build-time dependencies, which rebuilds RocksDB.
+# (`cargo test` leaves out --all-targets only to skip running benchmarks; it
+# selects the same packages, dev-dependencies included.)
+SELECT := --release --workspace --all-targets
 
 .PHONY: deps build run test fmt lint unit bench bench-crdt clean-data
 
@@ -22,7 +27,7 @@ deps:
 
 ## build: the release binaries.
 build: deps
-	$(CARGO) build --release --bin dotkv
+	$(CARGO) build $(SELECT)
 
 ## run: build, then start one node on the embedded default config.
 run: build
@@ -31,8 +36,8 @@ run: build
 ## test: formatting, lints and every test.
 test: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
-	$(CARGO) build --release --bin dotkv
+	$(CARGO) clippy $(SELECT) -- -D warnings
+	$(CARGO) build $(SELECT)
 	$(CARGO) test --release --workspace
 
 ## bench-crdt: the CRDT microbenchmarks against the `crdts` crate.

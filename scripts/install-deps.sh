@@ -5,7 +5,7 @@ set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in libclang-dev clang g++ make pkg-config; do
+for pkg in libclang-dev clang g++ make pkg-config ccache; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 if ! command -v cargo >/dev/null 2>&1; then

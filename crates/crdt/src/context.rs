@@ -161,12 +161,15 @@ impl CausalContext {
 impl Lattice for CausalContext {
     fn join(&mut self, other: &Self) {
         self.vv.join(&other.vv);
-        for &dot in &other.cloud {
-            if !self.vv.contains(dot) {
-                self.cloud.insert(dot);
-            }
-        }
+        // Only our own cloud can have become contiguous with the grown vector;
+        // `compact` returns at once when it is empty, the usual case.
         self.compact();
+        // `insert` extends the vector in place when a dot is the next one (a
+        // delta's single dot, usually), so the cloud is neither allocated nor
+        // rebuilt for it.
+        for &dot in &other.cloud {
+            self.insert(dot);
+        }
     }
 }
 

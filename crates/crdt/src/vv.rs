@@ -2,16 +2,19 @@
 
 use crate::{Dot, Lattice, ReplicaId};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::cmp::Ordering;
 
 /// A version vector, kept as a vector sorted by replica with no zero entries.
 ///
 /// Clusters have a handful of replicas, so a sorted vector beats a tree map on
-/// both lookup cost and encoded size.
+/// both lookup cost and encoded size. One entry is kept inline, in the space a
+/// `Vec` header takes anyway: a delta (a counter increment, a single dot) then
+/// needs no allocation to build or to free.
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Default, Serialize, Deserialize)]
 #[serde(from = "Vec<(ReplicaId, u64)>")]
 pub struct VersionVector {
-    entries: Vec<(ReplicaId, u64)>,
+    entries: SmallVec<[(ReplicaId, u64); 1]>,
 }
 
 impl From<Vec<(ReplicaId, u64)>> for VersionVector {
@@ -21,7 +24,7 @@ impl From<Vec<(ReplicaId, u64)>> for VersionVector {
         entries.retain(|&(_, c)| c > 0);
         entries.sort_unstable();
         // After sorting, the largest counter of a replica comes last.
-        let mut out: Vec<(ReplicaId, u64)> = Vec::with_capacity(entries.len());
+        let mut out: SmallVec<[(ReplicaId, u64); 1]> = SmallVec::with_capacity(entries.len());
         for (r, c) in entries {
             match out.last_mut() {
                 Some(last) if last.0 == r => last.1 = c,
