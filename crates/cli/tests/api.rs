@@ -1,0 +1,533 @@
+//! Every endpoint and every error status of the API contract, against the real
+//! binary over TCP.
+
+mod common;
+
+use common::{request, try_request, TestNode};
+use serde_json::json;
+
+#[test]
+fn counters_registers_mvregisters_flags() {
+    let n = TestNode::start();
+    // Counter: 0 if never written; adds return the new value.
+    let r = n.get("/v1/counter/visits");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"key": "visits", "value": 0}));
+    assert!(r.header("x-dotkv-token").is_some(), "reads carry a token");
+    let r = n.post("/v1/counter/visits", r#"{"add": 5}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"key": "visits", "value": 5}));
+    assert!(r.header("x-dotkv-token").is_some(), "writes carry a token");
+    let r = n.post("/v1/counter/visits", r#"{"add": -8}"#);
+    assert_eq!(r.json()["value"], -3);
+    assert_eq!(n.get("/v1/counter/visits").json()["value"], -3);
+
+    // Register: 404 until set; any JSON value.
+    let r = n.get("/v1/register/cfg");
+    assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
+    for v in [
+        json!(1),
+        json!("text"),
+        json!({"a": [1, 2, {"b": null}]}),
+        json!(null),
+        json!(true),
+    ] {
+        let r = n.put("/v1/register/cfg", &v.to_string());
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json(), json!({"key": "cfg"}));
+        assert_eq!(
+            n.get("/v1/register/cfg").json(),
+            json!({"key": "cfg", "value": v})
+        );
+    }
+
+    // Multi-value register: one writer, one value.
+    assert_eq!(
+        n.get("/v1/mvregister/m").json(),
+        json!({"key": "m", "values": []})
+    );
+    n.put("/v1/mvregister/m", r#"{"x":1}"#);
+    n.put("/v1/mvregister/m", r#"{"x":2}"#);
+    assert_eq!(
+        n.get("/v1/mvregister/m").json(),
+        json!({"key": "m", "values": [{"x": 2}]})
+    );
+
+    // Flag.
+    assert_eq!(
+        n.get("/v1/flag/f").json(),
+        json!({"key": "f", "value": false})
+    );
+    assert_eq!(n.post("/v1/flag/f", r#"{"enable": true}"#).status, 200);
+    assert_eq!(n.get("/v1/flag/f").json()["value"], true);
+    n.post("/v1/flag/f", r#"{"enable": false}"#);
+    assert_eq!(n.get("/v1/flag/f").json()["value"], false);
+
+    // Delete of every type is an observed remove.
+    n.post("/v1/flag/f", r#"{"enable": true}"#);
+    for (t, check) in [
+        ("counter/visits", json!({"key": "visits", "value": 0})),
+        ("flag/f", json!({"key": "f", "value": false})),
+        ("mvregister/m", json!({"key": "m", "values": []})),
+    ] {
+        let r = n.req("DELETE", &format!("/v1/{t}"), None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.header("x-dotkv-token").is_some());
+        assert_eq!(n.get(&format!("/v1/{t}")).json(), check);
+    }
+    assert_eq!(n.req("DELETE", "/v1/register/cfg", None).status, 200);
+    assert_eq!(n.get("/v1/register/cfg").status, 404);
+
+    // Keys with slashes, spaces and non-ASCII, percent-encoded or raw.
+    n.post("/v1/counter/a%2Fb%20c%C3%A9", r#"{"add":1}"#);
+    assert_eq!(n.get("/v1/counter/a/b%20c%C3%A9").json()["key"], "a/b cé");
+    assert_eq!(n.get("/v1/counter/a/b%20c%C3%A9").json()["value"], 1);
+}
+
+#[test]
+fn sets_paging_contains_and_listing() {
+    let n = TestNode::start();
+    let r = n.post(
+        "/v1/set/s",
+        r#"{"add": ["b", "a", 3, 1.5, "5"], "remove": []}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = n.get("/v1/set/s").json();
+    let mut all: Vec<String> = page["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    all.sort();
+    assert_eq!(all, vec!["\"5\"", "\"a\"", "\"b\"", "1.5", "3"]);
+    assert_eq!(page["next"], serde_json::Value::Null);
+
+    // Paging walks every element once.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &after {
+            Some(a) => format!("/v1/set/s?limit=2&after={}", urlencode(a)),
+            None => "/v1/set/s?limit=2".to_string(),
+        };
+        let p = n.get(&path).json();
+        for e in p["elements"].as_array().unwrap() {
+            seen.push(e.to_string());
+        }
+        match p["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, all);
+
+    // contains: numbers and strings are distinct elements.
+    assert_eq!(
+        n.get("/v1/set/s?contains=a").json(),
+        json!({"key": "s", "contains": true})
+    );
+    assert_eq!(n.get("/v1/set/s?contains=3").json()["contains"], true);
+    assert_eq!(
+        n.get("/v1/set/s?contains=%223%22").json()["contains"],
+        false
+    );
+    assert_eq!(n.get("/v1/set/s?contains=%225%22").json()["contains"], true);
+    assert_eq!(n.get("/v1/set/s?contains=zz").json()["contains"], false);
+
+    n.post("/v1/set/s", r#"{"remove": ["a", 3]}"#);
+    assert_eq!(n.get("/v1/set/s?contains=a").json()["contains"], false);
+    assert_eq!(
+        n.get("/v1/set/s").json()["elements"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(n.req("DELETE", "/v1/set/s", None).status, 200);
+    assert_eq!(
+        n.get("/v1/set/s").json(),
+        json!({"key": "s", "elements": [], "next": null})
+    );
+
+    // Listing keys by prefix, with paging.
+    for k in ["user/1", "user/2", "user/3", "other"] {
+        n.post(&format!("/v1/flag/{k}"), r#"{"enable":true}"#);
+    }
+    let l = n.get("/v1/flag?prefix=user/&limit=2").json();
+    assert_eq!(l, json!({"keys": ["user/1", "user/2"], "next": "user/2"}));
+    let l = n.get("/v1/flag?prefix=user/&limit=2&after=user/2").json();
+    assert_eq!(l, json!({"keys": ["user/3"], "next": null}));
+    assert_eq!(
+        n.get("/v1/flag").json()["keys"].as_array().unwrap().len(),
+        4
+    );
+    assert_eq!(
+        n.get("/v1/counter").json(),
+        json!({"keys": [], "next": null})
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn batches_are_atomic() {
+    let n = TestNode::start();
+    let ok = json!({"ops": [
+        {"type": "counter", "key": "c", "op": {"add": 2}},
+        {"type": "register", "key": "r", "op": {"set": {"v": 1}}},
+        {"type": "mvregister", "key": "m", "op": {"set": "x"}},
+        {"type": "set", "key": "s", "op": {"add": ["a", "b"], "remove": []}},
+        {"type": "flag", "key": "f", "op": {"enable": true}},
+        {"type": "counter", "key": "c", "op": {"add": 3}},
+    ]});
+    let r = n.post("/v1/batch", &ok.to_string());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("x-dotkv-token").is_some());
+    assert_eq!(n.get("/v1/counter/c").json()["value"], 5);
+    assert_eq!(n.get("/v1/register/r").json()["value"], json!({"v": 1}));
+    assert_eq!(n.get("/v1/flag/f").json()["value"], true);
+
+    // One invalid op: nothing applied, 422.
+    let bad = json!({"ops": [
+        {"type": "counter", "key": "c", "op": {"add": 100}},
+        {"type": "flag", "key": "f2", "op": {"add": 1}},
+    ]});
+    let r = n.post("/v1/batch", &bad.to_string());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (422, "invalid_op"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(n.get("/v1/counter/c").json()["value"], 5);
+
+    // An overflow in the middle of a batch: nothing applied, 409.
+    n.post("/v1/counter/big", &json!({"add": i64::MAX}).to_string());
+    let over = json!({"ops": [
+        {"type": "counter", "key": "c", "op": {"add": 100}},
+        {"type": "set", "key": "s", "op": {"add": ["zzz"]}},
+        {"type": "counter", "key": "big", "op": {"add": 1}},
+    ]});
+    let r = n.post("/v1/batch", &over.to_string());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (409, "conflict"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(n.get("/v1/counter/c").json()["value"], 5);
+    assert_eq!(n.get("/v1/set/s?contains=zzz").json()["contains"], false);
+
+    // Deletes in a batch, and an empty key inside a batch.
+    let del = json!({"ops": [{"type": "set", "key": "s", "op": {"delete": true}}]});
+    assert_eq!(n.post("/v1/batch", &del.to_string()).status, 200);
+    assert_eq!(n.get("/v1/set/s").json()["elements"], json!([]));
+    let empty = json!({"ops": [{"type": "flag", "key": "", "op": {"enable": true}}]});
+    assert_eq!(n.post("/v1/batch", &empty.to_string()).status, 400);
+}
+
+#[test]
+fn every_error_status() {
+    let n = TestNode::start_with(
+        "[limits]\nmax_key_bytes = 16\nmax_body_bytes = 2048\nmax_value_bytes = 512\nmax_elements_per_op = 4\n",
+    );
+    let expect = |r: common::Resp, status: u16, code: &str| {
+        assert_eq!(r.status, status, "{}", r.text());
+        assert_eq!(r.code(), code, "{}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    };
+    // 400: malformed JSON, empty key, bad query, bad token, invalid UTF-8 keys.
+    expect(n.post("/v1/counter/c", "{\"add\": "), 400, "malformed");
+    expect(n.post("/v1/counter/c", ""), 400, "malformed");
+    expect(n.get("/v1/counter/"), 400, "malformed");
+    expect(n.get("/v1/set/s?limit=abc"), 400, "malformed");
+    expect(
+        n.post("/v1/counter/c?w=everywhere", r#"{"add":1}"#),
+        400,
+        "malformed",
+    );
+    expect(
+        n.post("/v1/counter/c?timeout_ms=99999999", r#"{"add":1}"#),
+        400,
+        "malformed",
+    );
+    let r = request(
+        n.addr,
+        "GET",
+        "/v1/counter/c",
+        &[("x-dotkv-token", "!!notatoken")],
+        None,
+    );
+    expect(r, 400, "malformed");
+    expect(n.get("/v1/counter/%FF%FE"), 400, "malformed");
+    let r = try_request(
+        n.addr,
+        "POST",
+        b"/v1/counter/c",
+        &[("content-type", "application/json")],
+        Some(b"{\"add\": \"\xff\"}"),
+    )
+    .unwrap();
+    expect(r, 400, "malformed");
+    // 404: unknown namespace, unset register, unknown endpoint.
+    expect(n.get("/v1/hashmap/k"), 404, "not_found");
+    expect(n.get("/v1/hashmap"), 404, "not_found");
+    expect(n.get("/v1/register/never"), 404, "not_found");
+    expect(n.get("/v2/counter/k"), 404, "not_found");
+    // 405: unsupported methods.
+    expect(
+        n.put("/v1/counter/c", r#"{"add":1}"#),
+        405,
+        "method_not_allowed",
+    );
+    expect(n.post("/v1/register/r", "1"), 405, "method_not_allowed");
+    expect(
+        n.req("PATCH", "/v1/set/s", Some("{}")),
+        405,
+        "method_not_allowed",
+    );
+    expect(n.get("/v1/batch"), 405, "method_not_allowed");
+    expect(
+        n.req("DELETE", "/v1/counter", None),
+        405,
+        "method_not_allowed",
+    );
+    expect(n.post("/v1/status", "{}"), 405, "method_not_allowed");
+    // 409: counter overflow, both ways; the node keeps its value.
+    n.post("/v1/counter/big", &json!({"add": i64::MAX}).to_string());
+    expect(n.post("/v1/counter/big", r#"{"add": 1}"#), 409, "conflict");
+    n.post("/v1/counter/small", &json!({"add": i64::MIN}).to_string());
+    expect(
+        n.post("/v1/counter/small", r#"{"add": -1}"#),
+        409,
+        "conflict",
+    );
+    assert_eq!(n.get("/v1/counter/big").json()["value"], i64::MAX);
+    // 413: oversized key, value, body, too many elements.
+    expect(
+        n.get(&format!("/v1/counter/{}", "k".repeat(17))),
+        413,
+        "too_large",
+    );
+    expect(
+        n.put("/v1/register/r", &json!("v".repeat(600)).to_string()),
+        413,
+        "too_large",
+    );
+    expect(
+        n.put("/v1/register/r", &json!("v".repeat(3000)).to_string()),
+        413,
+        "too_large",
+    );
+    expect(
+        n.post("/v1/set/s", r#"{"add":["a","b","c","d","e"]}"#),
+        413,
+        "too_large",
+    );
+    // 415: wrong content type.
+    let r = request(
+        n.addr,
+        "POST",
+        "/v1/counter/c",
+        &[("content-type", "text/plain")],
+        Some(b"{\"add\":1}"),
+    );
+    expect(r, 415, "unsupported_media_type");
+    let r = request(
+        n.addr,
+        "POST",
+        "/v1/counter/c",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Some(b"add=1"),
+    );
+    expect(r, 415, "unsupported_media_type");
+    // 422: right JSON, wrong shape or type.
+    expect(
+        n.post("/v1/counter/c", r#"{"add": "five"}"#),
+        422,
+        "invalid_op",
+    );
+    expect(
+        n.post("/v1/counter/c", r#"{"add": 1.5}"#),
+        422,
+        "invalid_op",
+    );
+    expect(n.post("/v1/counter/c", r#"[1]"#), 422, "invalid_op");
+    expect(
+        n.post("/v1/set/s", r#"{"add": [{"nested": true}]}"#),
+        422,
+        "invalid_op",
+    );
+    expect(n.post("/v1/set/s", r#"{"add": [null]}"#), 422, "invalid_op");
+    expect(
+        n.post("/v1/flag/f", r#"{"enable": "yes"}"#),
+        422,
+        "invalid_op",
+    );
+    expect(
+        n.post(
+            "/v1/batch",
+            r#"{"ops": [{"type": "nope", "key": "k", "op": {}}]}"#,
+        ),
+        422,
+        "invalid_op",
+    );
+    // 504: a causal token this node cannot cover in time.
+    let mut vv = dotkv_crdt::VersionVector::new();
+    vv.set_max(dotkv_crdt::ReplicaId(12345), 10);
+    let token = base64_token(&vv);
+    let r = request(
+        n.addr,
+        "GET",
+        "/v1/counter/c?timeout_ms=200",
+        &[("x-dotkv-token", &token)],
+        None,
+    );
+    expect(r, 504, "timeout");
+    // The node is still serving after all of that.
+    assert_eq!(n.get("/health").status, 200);
+    assert_eq!(n.post("/v1/counter/c", r#"{"add":1}"#).json()["value"], 1);
+}
+
+fn base64_token(vv: &dotkv_crdt::VersionVector) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(dotkv_crdt::encode(vv).unwrap())
+}
+
+#[test]
+fn tokens_give_read_your_writes() {
+    let n = TestNode::start();
+    let w = n.post("/v1/counter/c", r#"{"add": 7}"#);
+    let token = w.header("x-dotkv-token").unwrap().to_string();
+    let r = request(
+        n.addr,
+        "GET",
+        "/v1/counter/c",
+        &[("x-dotkv-token", &token)],
+        None,
+    );
+    assert_eq!(r.json()["value"], 7);
+    // A read's token covers what it saw.
+    let t2 = r.header("x-dotkv-token").unwrap().to_string();
+    let r = request(
+        n.addr,
+        "GET",
+        "/v1/counter/c?timeout_ms=100",
+        &[("x-dotkv-token", &t2)],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    // w=dc and w=all on a single node are satisfied by the local commit.
+    for w in ["local", "dc", "all"] {
+        let r = n.post(
+            &format!("/v1/counter/c?w={w}&timeout_ms=1000"),
+            r#"{"add": 1}"#,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
+#[test]
+fn auth_and_overload() {
+    let n = TestNode::start_with("[auth]\ntokens = [\"s3cret\", \"other\"]\n");
+    let r = n.get("/v1/counter/c");
+    assert_eq!((r.status, r.code().as_str()), (401, "unauthorized"));
+    let r = request(
+        n.addr,
+        "GET",
+        "/v1/counter/c",
+        &[("authorization", "Bearer wrong")],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    let r = request(
+        n.addr,
+        "GET",
+        "/v1/counter/c",
+        &[("authorization", "Bearer s3cret")],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let r = request(
+        n.addr,
+        "POST",
+        "/v1/counter/c",
+        &[
+            ("authorization", "Bearer other"),
+            ("content-type", "application/json"),
+        ],
+        Some(b"{\"add\":1}"),
+    );
+    assert_eq!(r.json()["value"], 1);
+    // /health and /metrics stay open.
+    assert_eq!(n.get("/health").status, 200);
+    assert_eq!(n.get("/metrics").status, 200);
+
+    // 503: every in-flight slot taken, and the queue wait runs out.
+    let n = TestNode::start_with("");
+    let n2 = {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        let mut text = common::config_text(&dir.path().join("d"), "127.0.0.1:0", "");
+        text = text.replace(
+            "[http]\n",
+            "[http]\nmax_in_flight = 1\nqueue_timeout_ms = 100\n",
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let (child, addr) = common::spawn(&cfg);
+        (child, addr, dir)
+    };
+    drop(n);
+    let (mut child, addr, _dir) = n2;
+    let mut vv = dotkv_crdt::VersionVector::new();
+    vv.set_max(dotkv_crdt::ReplicaId(99), 1);
+    let token = base64_token(&vv);
+    let holder = std::thread::spawn(move || {
+        request(
+            addr,
+            "GET",
+            "/v1/counter/c?timeout_ms=3000",
+            &[("x-dotkv-token", &token)],
+            None,
+        )
+        .status
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let r = request(addr, "GET", "/v1/counter/c", &[], None);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (503, "not_ready"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(holder.join().unwrap(), 504);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn status_health_metrics() {
+    let n = TestNode::start();
+    n.post("/v1/counter/c", r#"{"add": 1}"#);
+    let s = n.get("/v1/status").json();
+    assert_eq!(s["datacenter"], "dc1");
+    assert_eq!(s["node"], "node1");
+    assert!(s["node_id"].as_str().unwrap().len() >= 32);
+    assert_eq!(s["version_vector"].as_object().unwrap().len(), 1);
+    assert_eq!(s["peers"], json!([]));
+    assert_eq!(n.get("/health").json()["status"], "ok");
+    let m = n.get("/metrics").text();
+    assert!(m.contains("dotkv_http_requests_total{method=\"POST\",route=\"/v1/counter/{key}\",status=\"200\"} 1"), "{m}");
+    assert!(m.contains("dotkv_http_request_duration_seconds_bucket"));
+    assert!(m.contains("dotkv_storage_commits_total"));
+    assert!(m.contains("dotkv_storage_live_data_bytes"));
+}

@@ -1,0 +1,317 @@
+//! Node configuration: TOML, every option with a default, and `DOTKV_*`
+//! environment overrides (`DOTKV_<SECTION>_<OPTION>`, e.g. `DOTKV_HTTP_LISTEN`,
+//! `DOTKV_STORAGE_DURABILITY`, `DOTKV_AUTH_TOKENS=a,b`).
+//!
+//! With no file, the embedded default applies: one node, data in
+//! `./dotkv-data`, HTTP on 127.0.0.1:7700. `config/single.toml` spells out every
+//! option with its default (a test checks that it parses to [`Config::default`]).
+
+use dotkv_api::Limits;
+use dotkv_storage::Durability;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config{}: {message}", .path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    Invalid {
+        path: Option<PathBuf>,
+        message: String,
+    },
+    #[error("invalid value for {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSection,
+    pub http: HttpSection,
+    pub storage: StorageSection,
+    pub limits: Limits,
+    pub auth: AuthSection,
+    pub consistency: ConsistencySection,
+    pub log: LogSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    pub name: String,
+    pub datacenter: String,
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            name: "node1".into(),
+            datacenter: "dc1".into(),
+            data_dir: PathBuf::from("./dotkv-data"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    pub listen: SocketAddr,
+    /// Most requests handled at once; more wait for a slot (within their
+    /// request timeout).
+    pub max_in_flight: usize,
+    /// How long a request waits for an in-flight slot before it is refused
+    /// with 503, in milliseconds.
+    pub queue_timeout_ms: u64,
+    /// Longest a request may take end to end, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// How long a graceful shutdown waits for requests in flight, in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], dotkv_api::DEFAULT_HTTP_PORT)),
+            max_in_flight: 4096,
+            queue_timeout_ms: 2_000,
+            request_timeout_ms: 120_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    pub durability: Durability,
+    pub block_cache_mb: usize,
+    pub write_buffer_mb: usize,
+    /// Requests waiting for the writer before new ones wait to be queued.
+    pub write_queue: usize,
+    /// Most requests committed together (one WAL write, one fsync).
+    pub max_commit_group: usize,
+    /// Delta-log entries kept per origin when no peer needs them.
+    pub delta_log_retain: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            durability: Durability::Wal,
+            block_cache_mb: 128,
+            write_buffer_mb: 64,
+            write_queue: 4096,
+            max_commit_group: 512,
+            delta_log_retain: 1_000_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// Bearer tokens accepted on `/v1`. Empty: no authentication.
+    pub tokens: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsistencySection {
+    /// How long a request waits for its causal token or write level when it
+    /// gives no `timeout_ms`, in milliseconds.
+    pub default_timeout_ms: u64,
+    /// The largest `timeout_ms` accepted.
+    pub max_timeout_ms: u64,
+}
+
+impl Default for ConsistencySection {
+    fn default() -> Self {
+        ConsistencySection {
+            default_timeout_ms: 5_000,
+            max_timeout_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// A tracing filter, e.g. "info" or "dotkv_node=debug,info". `RUST_LOG`
+    /// overrides it.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Load `path` (or the embedded default when `None`), then apply `DOTKV_*`
+    /// overrides from the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid {
+                        path: Some(p.to_path_buf()),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                path: path.map(Path::to_path_buf),
+                message: e.to_string(),
+            })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: path.map(Path::to_path_buf),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if l.max_key_bytes == 0 || l.max_key_bytes > u16::MAX as usize {
+            return Err("limits.max_key_bytes must be between 1 and 65535".into());
+        }
+        if l.max_body_bytes == 0 || l.max_value_bytes == 0 {
+            return Err("limits.max_body_bytes and limits.max_value_bytes must be positive".into());
+        }
+        if self.storage.write_queue == 0 || self.storage.max_commit_group == 0 {
+            return Err("storage.write_queue and storage.max_commit_group must be positive".into());
+        }
+        if self.auth.tokens.iter().any(|t| t.is_empty()) {
+            return Err("auth.tokens must not contain an empty token".into());
+        }
+        Ok(())
+    }
+}
+
+/// Apply `DOTKV_<SECTION>_<OPTION>` variables. Each known option's variable
+/// name is derived from the defaults, and the value is read with the type of
+/// the default: strings as they are, numbers and booleans parsed, lists split
+/// on commas.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = match toml::Value::try_from(Config::default()) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => return Ok(()),
+    };
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    for (section, options) in &defaults {
+        let Some(options) = options.as_table() else {
+            continue;
+        };
+        for (option, default) in options {
+            let var = format!("DOTKV_{}_{}", section, option).to_uppercase();
+            let Some((_, raw)) = env.iter().find(|(k, _)| *k == var) else {
+                continue;
+            };
+            let err = |message: String| ConfigError::Env {
+                var: var.clone(),
+                message,
+            };
+            let value = match default {
+                toml::Value::String(_) => toml::Value::String(raw.clone()),
+                toml::Value::Integer(_) => toml::Value::Integer(
+                    raw.trim()
+                        .parse()
+                        .map_err(|e| err(format!("{raw:?} is not an integer: {e}")))?,
+                ),
+                toml::Value::Boolean(_) => toml::Value::Boolean(
+                    raw.trim()
+                        .parse()
+                        .map_err(|e| err(format!("{raw:?} is not true or false: {e}")))?,
+                ),
+                toml::Value::Array(_) => toml::Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_string()))
+                        .collect(),
+                ),
+                other => return Err(err(format!("cannot be set from the environment ({other})"))),
+            };
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry.as_table_mut() {
+                Some(t) => {
+                    t.insert(option.clone(), value);
+                }
+                None => return Err(err(format!("[{section}] in the file is not a table"))),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_is_the_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/single.toml");
+        let cfg = Config::load_with_env(Some(&path), Vec::new()).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let env = vec![
+            ("DOTKV_HTTP_LISTEN".to_string(), "0.0.0.0:9000".to_string()),
+            ("DOTKV_STORAGE_DURABILITY".into(), "fsync".into()),
+            ("DOTKV_AUTH_TOKENS".into(), "a, b".into()),
+            ("DOTKV_LIMITS_MAX_KEY_BYTES".into(), "64".into()),
+            ("DOTKV_NODE_DATA_DIR".into(), "/tmp/x".into()),
+        ];
+        let cfg = Config::load_with_env(None, env).unwrap();
+        assert_eq!(cfg.http.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(cfg.storage.durability, Durability::Fsync);
+        assert_eq!(cfg.auth.tokens, vec!["a", "b"]);
+        assert_eq!(cfg.limits.max_key_bytes, 64);
+        assert_eq!(cfg.node.data_dir, PathBuf::from("/tmp/x"));
+        let bad = vec![("DOTKV_LIMITS_MAX_KEY_BYTES".to_string(), "lots".to_string())];
+        assert!(matches!(
+            Config::load_with_env(None, bad),
+            Err(ConfigError::Env { .. })
+        ));
+    }
+
+    #[test]
+    fn typos_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[http]\nlisten_addr = \"1.2.3.4:5\"\n").unwrap();
+        let e = Config::load_with_env(Some(&p), Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+}

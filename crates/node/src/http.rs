@@ -1,0 +1,974 @@
+//! The HTTP API of the contract in `DESIGN.md`: one handler per route, JSON in
+//! and out, a causal token on every `/v1` answer, JSON errors with the right
+//! status for every bad input.
+//!
+//! Paths are `/v1/{type}/{key}` with the key taken from the rest of the path
+//! (percent-decoded, so keys may hold `/` either raw or as `%2F`). Extractor
+//! failures are turned into the contract's JSON errors rather than axum's
+//! plain-text ones.
+
+use crate::node::Node;
+use crate::token;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use dotkv_api::{
+    ApiError, Batch, BatchResponse, CounterAdd, CounterValue, CrdtType, Element, ErrorCode,
+    FlagUpdate, FlagValue, KeyList, KeyResponse, KeyedOp, ListQuery, SetContains, SetPage,
+    SetQuery, SetUpdate, Status, ValidOp, WriteLevel, WriteQuery, TOKEN_HEADER,
+};
+use dotkv_crdt::DotStore;
+use dotkv_storage::{ObjectKind, Op, OpOutput, StorageError, WriteOutcome};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Shared = Arc<Node>;
+
+/// Set elements as their canonical key bytes.
+type ElementKeys = Vec<Vec<u8>>;
+
+/// An error answer.
+pub struct HttpError(pub ApiError);
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        HttpError(e)
+    }
+}
+
+impl From<StorageError> for HttpError {
+    fn from(e: StorageError) -> Self {
+        HttpError(match e {
+            StorageError::CounterOverflow { key } => ApiError::new(
+                ErrorCode::Conflict,
+                format!("counter overflow: {key:?} would leave the i64 range; nothing was applied"),
+            ),
+            StorageError::WriterStopped => {
+                ApiError::new(ErrorCode::NotReady, "the node is shutting down")
+            }
+            other => {
+                tracing::error!(error = %other, "storage error");
+                ApiError::internal(format!("storage error: {other}"))
+            }
+        })
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, self.0.to_json()).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
+
+type Result<T, E = HttpError> = std::result::Result<T, E>;
+
+/// A JSON answer with a causal token.
+fn reply<T: Serialize>(status: StatusCode, body: &T, token: &str) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut resp = (status, bytes).into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Ok(v) = HeaderValue::from_str(token) {
+                h.insert(TOKEN_HEADER, v);
+            }
+            resp
+        }
+        Err(e) => {
+            HttpError(ApiError::internal(format!("cannot encode the answer: {e}"))).into_response()
+        }
+    }
+}
+
+pub fn router(node: Shared) -> Router {
+    let limit = node.config.limits.max_body_bytes;
+    Router::new()
+        .route("/health", any(health))
+        .route("/metrics", any(metrics))
+        .route("/v1/batch", any(batch))
+        .route("/v1/status", any(status))
+        .route("/v1/{type}", any(list))
+        .route("/v1/{type}/", any(empty_key))
+        .route("/v1/{type}/{*key}", any(object))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(node.clone(), around))
+        .with_state(node)
+}
+
+/// Route template for metrics: bounded label values, never raw paths.
+fn route_label(path: &str) -> &'static str {
+    let mut parts = path.trim_start_matches('/').splitn(3, '/');
+    let (a, b, rest) = (parts.next(), parts.next(), parts.next());
+    match (a, b, rest.is_some()) {
+        (Some("health"), None, _) => "/health",
+        (Some("metrics"), None, _) => "/metrics",
+        (Some("v1"), Some("batch"), false) => "/v1/batch",
+        (Some("v1"), Some("status"), false) => "/v1/status",
+        (Some("v1"), Some(t), keyed) => match (t, keyed) {
+            ("counter", false) => "/v1/counter",
+            ("counter", true) => "/v1/counter/{key}",
+            ("register", false) => "/v1/register",
+            ("register", true) => "/v1/register/{key}",
+            ("mvregister", false) => "/v1/mvregister",
+            ("mvregister", true) => "/v1/mvregister/{key}",
+            ("set", false) => "/v1/set",
+            ("set", true) => "/v1/set/{key}",
+            ("flag", false) => "/v1/flag",
+            ("flag", true) => "/v1/flag/{key}",
+            _ => "other",
+        },
+        _ => "other",
+    }
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    }
+}
+
+/// Constant-time comparison, so a wrong token's timing says nothing about the
+/// right one.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Around every request: the in-flight bound, authentication on `/v1`, the
+/// request timeout, metrics, and a causal token on every `/v1` answer.
+async fn around(State(node): State<Shared>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = method_label(req.method());
+    let route = route_label(req.uri().path());
+    let is_api = req.uri().path().starts_with("/v1");
+    let timeout = Duration::from_millis(node.config.http.request_timeout_ms);
+    let resp = async {
+        let queue_timeout = Duration::from_millis(node.config.http.queue_timeout_ms);
+        let _permit = match tokio::time::timeout(queue_timeout, node.in_flight.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return HttpError(ApiError::new(
+                    ErrorCode::NotReady,
+                    "too many requests in flight; try again",
+                ))
+                .into_response()
+            }
+        };
+        if is_api && !node.config.auth.tokens.is_empty() {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            let ok = given.is_some_and(|g| {
+                node.config
+                    .auth
+                    .tokens
+                    .iter()
+                    .any(|t| same_secret(t.as_bytes(), g.as_bytes()))
+            });
+            if !ok {
+                let msg = if given.is_none() {
+                    "missing bearer token: send Authorization: Bearer <token>"
+                } else {
+                    "bad bearer token"
+                };
+                return HttpError(ApiError::unauthorized(msg)).into_response();
+            }
+        }
+        match tokio::time::timeout(timeout, next.run(req)).await {
+            Ok(resp) => resp,
+            Err(_) => HttpError(ApiError::timeout(format!(
+                "the request took longer than {} ms; a write may still have been applied",
+                timeout.as_millis()
+            )))
+            .into_response(),
+        }
+    }
+    .await;
+    let mut resp = resp;
+    if is_api && !resp.headers().contains_key(TOKEN_HEADER) {
+        let t = token::encode(&node.writer.committed().borrow().vv);
+        if let Ok(v) = HeaderValue::from_str(&t) {
+            resp.headers_mut().insert(TOKEN_HEADER, v);
+        }
+    }
+    node.metrics
+        .observe(method, route, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn not_found(uri: Uri) -> HttpError {
+    HttpError(ApiError::not_found(format!(
+        "no such endpoint: {}",
+        truncate(uri.path())
+    )))
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= 200 {
+        s.to_string()
+    } else {
+        let mut end = 200;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &s[..end])
+    }
+}
+
+fn method_not_allowed(method: &Method, what: &str, allowed: &str) -> HttpError {
+    HttpError(ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{method} is not allowed on {what}; allowed: {allowed}"),
+    ))
+}
+
+async fn health(State(node): State<Shared>, method: Method) -> Result<Response> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(method_not_allowed(&method, "/health", "GET"));
+    }
+    if !node.is_ready() {
+        return Err(ApiError::new(ErrorCode::NotReady, "shutting down").into());
+    }
+    let mut resp = (StatusCode::OK, "{\"status\":\"ok\"}").into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+async fn metrics(State(node): State<Shared>, method: Method) -> Result<Response> {
+    use crate::metrics::gauge;
+    use std::sync::atomic::Ordering::Relaxed;
+    if method != Method::GET {
+        return Err(method_not_allowed(&method, "/metrics", "GET"));
+    }
+    let mut out = String::with_capacity(8192);
+    node.metrics.render_requests(&mut out);
+    let st = node.store.stats();
+    gauge(
+        &mut out,
+        "dotkv_storage_live_data_bytes",
+        "gauge",
+        "Estimated live data in RocksDB, in bytes.",
+        st.live_data_bytes,
+    );
+    gauge(
+        &mut out,
+        "dotkv_storage_sst_files_bytes",
+        "gauge",
+        "Size of RocksDB's SST files, in bytes.",
+        st.sst_files_bytes,
+    );
+    gauge(
+        &mut out,
+        "dotkv_storage_memtable_bytes",
+        "gauge",
+        "Size of RocksDB's memtables, in bytes.",
+        st.memtable_bytes,
+    );
+    gauge(
+        &mut out,
+        "dotkv_storage_estimated_keys",
+        "gauge",
+        "Estimated rows in RocksDB.",
+        st.estimated_keys,
+    );
+    let ws = node.writer.stats();
+    gauge(
+        &mut out,
+        "dotkv_storage_commits_total",
+        "counter",
+        "Write batches committed (each one WAL write, and one fsync under durability=fsync).",
+        ws.commits.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "dotkv_storage_write_requests_total",
+        "counter",
+        "Local write requests committed.",
+        ws.requests.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "dotkv_storage_write_rejected_total",
+        "counter",
+        "Local write requests rejected with nothing applied.",
+        ws.rejected.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "dotkv_storage_remote_groups_total",
+        "counter",
+        "Delta groups from other replicas applied.",
+        ws.remote_groups.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "dotkv_storage_commit_seconds_total",
+        "counter",
+        "Time spent committing write batches, in seconds.",
+        ws.commit_micros.load(Relaxed) as f64 / 1e6,
+    );
+    gauge(
+        &mut out,
+        "dotkv_storage_written_bytes_total",
+        "counter",
+        "Bytes of write batches committed.",
+        ws.batch_bytes.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "dotkv_storage_write_queue",
+        "gauge",
+        "Write requests waiting for the writer.",
+        node.writer.queued(),
+    );
+    let vv = node.writer.committed().borrow().vv.clone();
+    gauge(
+        &mut out,
+        "dotkv_replication_version_vector_total",
+        "gauge",
+        "Sum of the version vector: delta-group dots applied, from every origin.",
+        vv.total(),
+    );
+    gauge(
+        &mut out,
+        "dotkv_node_uptime_seconds",
+        "gauge",
+        "Seconds since the node started.",
+        node.started.elapsed().as_secs(),
+    );
+    let mut resp = (StatusCode::OK, out).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(resp)
+}
+
+fn kind_of(t: CrdtType) -> ObjectKind {
+    match t {
+        CrdtType::Counter => ObjectKind::Counter,
+        CrdtType::Register => ObjectKind::Register,
+        CrdtType::MvRegister => ObjectKind::MvRegister,
+        CrdtType::Set => ObjectKind::Set,
+        CrdtType::Flag => ObjectKind::Flag,
+    }
+}
+
+fn parse_type(t: &str) -> Result<CrdtType> {
+    t.parse::<CrdtType>().map_err(|_| {
+        HttpError(ApiError::not_found(format!(
+            "unknown type namespace {:?}; expected counter, register, mvregister, set or flag",
+            truncate(t)
+        )))
+    })
+}
+
+/// The `{type}` and `{key}` of a path, percent-decoded. Decoded bytes that are
+/// not UTF-8 are `malformed`.
+fn path_parts(uri: &Uri) -> Result<(String, Option<String>)> {
+    let rest = uri.path().strip_prefix("/v1/").unwrap_or_default();
+    let (t, key) = match rest.split_once('/') {
+        Some((t, k)) => (t, Some(k)),
+        None => (rest, None),
+    };
+    let decode = |s: &str, what: &str| -> Result<String> {
+        percent_decode(s).ok_or_else(|| {
+            HttpError(ApiError::malformed(format!(
+                "the {what} in the path is not valid UTF-8 (after percent-decoding)"
+            )))
+        })
+    };
+    Ok((
+        decode(t, "type")?,
+        key.map(|k| decode(k, "key")).transpose()?,
+    ))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
+            match u8::from_str_radix(hex, 16) {
+                Ok(v) => {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                Err(_) => out.push(b[i]),
+            }
+        } else {
+            out.push(b[i]);
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> Result<T> {
+    match uri.query() {
+        None | Some("") => Ok(T::default()),
+        Some(q) => serde_urlencoded_from_str(q),
+    }
+}
+
+fn serde_urlencoded_from_str<T: serde::de::DeserializeOwned>(q: &str) -> Result<T> {
+    axum::extract::Query::<T>::try_from_uri(
+        &format!("/?{q}")
+            .parse::<Uri>()
+            .map_err(|_| HttpError(ApiError::malformed("unparsable query string")))?,
+    )
+    .map(|axum::extract::Query(v)| v)
+    .map_err(|e| {
+        HttpError(ApiError::malformed(format!(
+            "bad query string: {}",
+            e.body_text()
+        )))
+    })
+}
+
+#[derive(serde::Deserialize, Default)]
+struct WaitQuery {
+    timeout_ms: Option<u64>,
+}
+
+/// The timeout a request asked for, within the configured bounds.
+fn timeout_of(node: &Node, asked: Option<u64>) -> Result<Duration> {
+    let c = &node.config.consistency;
+    match asked {
+        None => Ok(Duration::from_millis(c.default_timeout_ms)),
+        Some(ms) if ms > c.max_timeout_ms => Err(HttpError(ApiError::malformed(format!(
+            "timeout_ms={ms} exceeds the maximum of {} ms",
+            c.max_timeout_ms
+        )))),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+    }
+}
+
+/// Wait for the request's causal token, if it has one.
+async fn await_token(node: &Node, headers: &HeaderMap, timeout: Duration) -> Result<()> {
+    let Some(raw) = headers.get(TOKEN_HEADER) else {
+        return Ok(());
+    };
+    let raw = raw
+        .to_str()
+        .map_err(|_| HttpError(ApiError::malformed("X-Dotkv-Token is not ASCII")))?;
+    if raw.trim().is_empty() {
+        return Ok(());
+    }
+    let vv = token::decode(raw)?;
+    node.wait_for(&vv, timeout).await?;
+    Ok(())
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<()> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let ok = ct
+        .to_str()
+        .ok()
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(HttpError(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "request bodies must be JSON (Content-Type: application/json), not {:?}",
+                ct.to_str().unwrap_or("(not ASCII)")
+            ),
+        )))
+    }
+}
+
+fn body_bytes(body: std::result::Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError(ApiError::too_large(format!(
+                "request body exceeds the limit of {limit} bytes"
+            )))
+        } else {
+            HttpError(ApiError::malformed(format!(
+                "cannot read the request body: {}",
+                e.body_text()
+            )))
+        }
+    })
+}
+
+/// A body that must be a JSON object: serde would also read a struct from an
+/// array, which the contract does not allow.
+fn parse_object_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some() && first != Some(&b'{') {
+        // Not an object: malformed if it is not JSON at all, else the wrong shape.
+        let _: serde_json::Value = parse_body(headers, body)?;
+        return Err(HttpError(ApiError::invalid_op(
+            "the request body must be a JSON object",
+        )));
+    }
+    parse_body(headers, body)
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T> {
+    check_content_type(headers)?;
+    if body.is_empty() {
+        return Err(HttpError(ApiError::malformed(
+            "the request needs a JSON body",
+        )));
+    }
+    Ok(dotkv_api::from_json_body(body)?)
+}
+
+/// Run ops as one atomic write, then wait for the asked write level.
+async fn write(node: &Node, uri: &Uri, ops: Vec<Op>) -> Result<WriteOutcome> {
+    let q: WriteQuery = query(uri)?;
+    // Validated up front, so a bad timeout_ms is refused before anything is
+    // applied.
+    let _wait = timeout_of(node, q.timeout_ms)?;
+    let outcome = node.writer.write(ops).await?;
+    match q.w.unwrap_or_default() {
+        // This node replicates to no one (no peers are configured): its
+        // datacenter and the whole cluster are this node, so the local commit
+        // satisfies every level.
+        WriteLevel::Local | WriteLevel::Dc | WriteLevel::All => Ok(outcome),
+    }
+}
+
+fn write_token(outcome: &WriteOutcome) -> String {
+    token::encode(&outcome.vv)
+}
+
+fn element_bytes(
+    node: &Node,
+    add: &[Element],
+    remove: &[Element],
+) -> Result<(ElementKeys, ElementKeys)> {
+    node.config.limits.validate_elements(add, remove)?;
+    Ok((
+        add.iter().map(Element::to_key_bytes).collect(),
+        remove.iter().map(Element::to_key_bytes).collect(),
+    ))
+}
+
+fn to_op(node: &Node, op: KeyedOp) -> Result<Op> {
+    let key = op.key;
+    Ok(match (op.crdt_type, op.op) {
+        (CrdtType::Counter, ValidOp::CounterAdd(amount)) => Op::CounterAdd { key, amount },
+        (CrdtType::Register, ValidOp::RegisterSet(v)) => Op::RegisterSet {
+            key,
+            json: v.to_string(),
+        },
+        (CrdtType::MvRegister, ValidOp::MvRegisterSet(v)) => Op::MvRegisterSet {
+            key,
+            json: v.to_string(),
+        },
+        (CrdtType::Set, ValidOp::SetUpdate { add, remove }) => {
+            let (add, remove) = element_bytes(node, &add, &remove)?;
+            Op::SetUpdate { key, add, remove }
+        }
+        (CrdtType::Flag, ValidOp::FlagEnable(enable)) => Op::FlagSet { key, enable },
+        (t, ValidOp::Delete) => Op::Delete {
+            kind: kind_of(t),
+            key,
+        },
+        (t, other) => {
+            return Err(HttpError(ApiError::invalid_op(format!(
+                "{other:?} is not an op of type {}",
+                t.as_str()
+            ))))
+        }
+    })
+}
+
+async fn empty_key(uri: Uri) -> Result<Response> {
+    let (t, _) = path_parts(&uri)?;
+    parse_type(&t)?;
+    Err(HttpError(ApiError::malformed(
+        "empty key: keys are 1 to 1024 bytes of UTF-8",
+    )))
+}
+
+#[derive(Serialize)]
+struct RawRegister<'a> {
+    key: &'a str,
+    value: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct RawValues<'a> {
+    key: &'a str,
+    values: Vec<&'a RawValue>,
+}
+
+fn raw(json: &str) -> Result<Box<RawValue>> {
+    RawValue::from_string(json.to_string())
+        .map_err(|e| HttpError(ApiError::internal(format!("stored value is not JSON: {e}"))))
+}
+
+async fn object(
+    State(node): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let (t, key) = path_parts(&uri)?;
+    let t = parse_type(&t)?;
+    let key = key.unwrap_or_default();
+    dotkv_api::validate_key(&key, &node.config.limits)?;
+    let limit = node.config.limits.max_body_bytes;
+    let is_read = method == Method::GET || method == Method::HEAD;
+    if is_read {
+        let q: WaitQuery = query(&uri)?;
+        await_token(&node, &headers, timeout_of(&node, q.timeout_ms)?).await?;
+    }
+    match (t, method.clone()) {
+        (_, Method::DELETE) => {
+            let outcome = write(
+                &node,
+                &uri,
+                vec![Op::Delete {
+                    kind: kind_of(t),
+                    key: key.clone(),
+                }],
+            )
+            .await?;
+            Ok(reply(
+                StatusCode::OK,
+                &KeyResponse { key },
+                &write_token(&outcome),
+            ))
+        }
+        (CrdtType::Counter, Method::GET) => {
+            let value = match node.store.counter(&key)? {
+                Some(c) => c.value().map_err(|_| {
+                    HttpError(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("counter {key:?}: concurrent adds took the merged value out of the i64 range"),
+                    ))
+                })?,
+                None => 0,
+            };
+            let token = node.read_token().await;
+            Ok(reply(StatusCode::OK, &CounterValue { key, value }, &token))
+        }
+        (CrdtType::Counter, Method::POST) => {
+            let body = body_bytes(body, limit)?;
+            let req: CounterAdd = parse_object_body(&headers, &body)?;
+            let outcome = write(
+                &node,
+                &uri,
+                vec![Op::CounterAdd {
+                    key: key.clone(),
+                    amount: req.add,
+                }],
+            )
+            .await?;
+            let value = match outcome.outputs.first() {
+                Some(OpOutput::Counter(v)) => *v,
+                _ => 0,
+            };
+            Ok(reply(
+                StatusCode::OK,
+                &CounterValue { key, value },
+                &write_token(&outcome),
+            ))
+        }
+        (CrdtType::Register, Method::GET) => {
+            let state = node.store.register(&key)?;
+            let token = node.read_token().await;
+            let winner = state.as_ref().and_then(|s| {
+                s.iter()
+                    .max_by_key(|(d, v)| (v.ts, d.replica))
+                    .map(|(_, v)| v.value.clone())
+            });
+            match winner {
+                Some(json) => {
+                    let value = raw(&json)?;
+                    Ok(reply(
+                        StatusCode::OK,
+                        &RawRegister {
+                            key: &key,
+                            value: &value,
+                        },
+                        &token,
+                    ))
+                }
+                None => Err(HttpError(ApiError::not_found(format!(
+                    "register {key:?} is not set"
+                )))),
+            }
+        }
+        (CrdtType::Register | CrdtType::MvRegister, Method::PUT) => {
+            let body = body_bytes(body, limit)?;
+            let value: serde_json::Value = parse_body(&headers, &body)?;
+            node.config.limits.validate_value(&value)?;
+            let json = value.to_string();
+            let op = if t == CrdtType::Register {
+                Op::RegisterSet {
+                    key: key.clone(),
+                    json,
+                }
+            } else {
+                Op::MvRegisterSet {
+                    key: key.clone(),
+                    json,
+                }
+            };
+            let outcome = write(&node, &uri, vec![op]).await?;
+            Ok(reply(
+                StatusCode::OK,
+                &KeyResponse { key },
+                &write_token(&outcome),
+            ))
+        }
+        (CrdtType::MvRegister, Method::GET) => {
+            let state = node.store.mvregister(&key)?.unwrap_or_default();
+            let token = node.read_token().await;
+            let values: Vec<Box<RawValue>> =
+                state.iter().map(|(_, v)| raw(v)).collect::<Result<_>>()?;
+            Ok(reply(
+                StatusCode::OK,
+                &RawValues {
+                    key: &key,
+                    values: values.iter().map(|b| b.as_ref()).collect(),
+                },
+                &token,
+            ))
+        }
+        (CrdtType::Set, Method::GET) => {
+            let q: SetQuery = query(&uri)?;
+            if let Some(x) = q.contains {
+                let e = Element::parse_query(&x);
+                let contains = node.store.set_elem(&key, &e.to_key_bytes())?.is_some();
+                let token = node.read_token().await;
+                return Ok(reply(
+                    StatusCode::OK,
+                    &SetContains { key, contains },
+                    &token,
+                ));
+            }
+            let limit = node.config.limits.page_limit(q.limit)?;
+            let after = q
+                .after
+                .as_deref()
+                .map(|a| Element::parse_query(a).to_key_bytes());
+            let (page, more) = node.store.set_page(&key, after.as_deref(), limit)?;
+            let token = node.read_token().await;
+            let elements: Vec<Element> = page
+                .iter()
+                .map(|b| Element::from_key_bytes(b))
+                .collect::<std::result::Result<_, _>>()?;
+            let next = if more {
+                elements.last().map(Element::to_query)
+            } else {
+                None
+            };
+            Ok(reply(
+                StatusCode::OK,
+                &SetPage {
+                    key,
+                    elements,
+                    next,
+                },
+                &token,
+            ))
+        }
+        (CrdtType::Set, Method::POST) => {
+            let body = body_bytes(body, limit)?;
+            let req: SetUpdate = parse_object_body(&headers, &body)?;
+            let (add, remove) = element_bytes(&node, &req.add, &req.remove)?;
+            let outcome = write(
+                &node,
+                &uri,
+                vec![Op::SetUpdate {
+                    key: key.clone(),
+                    add,
+                    remove,
+                }],
+            )
+            .await?;
+            Ok(reply(
+                StatusCode::OK,
+                &KeyResponse { key },
+                &write_token(&outcome),
+            ))
+        }
+        (CrdtType::Flag, Method::GET) => {
+            let value = node.store.flag(&key)?.is_some_and(|f| !f.is_bottom());
+            let token = node.read_token().await;
+            Ok(reply(StatusCode::OK, &FlagValue { key, value }, &token))
+        }
+        (CrdtType::Flag, Method::POST) => {
+            let body = body_bytes(body, limit)?;
+            let req: FlagUpdate = parse_object_body(&headers, &body)?;
+            let outcome = write(
+                &node,
+                &uri,
+                vec![Op::FlagSet {
+                    key: key.clone(),
+                    enable: req.enable,
+                }],
+            )
+            .await?;
+            Ok(reply(
+                StatusCode::OK,
+                &KeyResponse { key },
+                &write_token(&outcome),
+            ))
+        }
+        (t, m) => {
+            let allowed = match t {
+                CrdtType::Counter | CrdtType::Set | CrdtType::Flag => "GET, POST, DELETE",
+                CrdtType::Register | CrdtType::MvRegister => "GET, PUT, DELETE",
+            };
+            Err(method_not_allowed(
+                &m,
+                &format!("/v1/{}/{{key}}", t.as_str()),
+                allowed,
+            ))
+        }
+    }
+}
+
+async fn list(
+    State(node): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let (t, _) = path_parts(&uri)?;
+    let t = parse_type(&t)?;
+    if method != Method::GET {
+        return Err(method_not_allowed(
+            &method,
+            &format!("/v1/{}", t.as_str()),
+            "GET",
+        ));
+    }
+    let q: ListQuery = query(&uri)?;
+    let w: WaitQuery = query(&uri)?;
+    await_token(&node, &headers, timeout_of(&node, w.timeout_ms)?).await?;
+    let limit = node.config.limits.page_limit(q.limit)?;
+    let prefix = q.prefix.unwrap_or_default();
+    if prefix.len() > node.config.limits.max_key_bytes {
+        return Err(HttpError(ApiError::too_large(
+            "prefix is longer than the longest key",
+        )));
+    }
+    let (keys, more) = node
+        .store
+        .list_keys(kind_of(t), &prefix, q.after.as_deref(), limit)?;
+    let token = node.read_token().await;
+    let next = if more { keys.last().cloned() } else { None };
+    Ok(reply(StatusCode::OK, &KeyList { keys, next }, &token))
+}
+
+async fn batch(
+    State(node): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    if method != Method::POST {
+        return Err(method_not_allowed(&method, "/v1/batch", "POST"));
+    }
+    let body = body_bytes(body, node.config.limits.max_body_bytes)?;
+    let req: Batch = parse_object_body(&headers, &body)?;
+    let keyed = req.into_valid(&node.config.limits)?;
+    let ops = keyed
+        .into_iter()
+        .map(|k| to_op(&node, k))
+        .collect::<Result<Vec<_>>>()?;
+    let applied = ops.len();
+    let outcome = write(&node, &uri, ops).await?;
+    Ok(reply(
+        StatusCode::OK,
+        &BatchResponse { applied },
+        &write_token(&outcome),
+    ))
+}
+
+async fn status(State(node): State<Shared>, method: Method) -> Result<Response> {
+    if method != Method::GET {
+        return Err(method_not_allowed(&method, "/v1/status", "GET"));
+    }
+    let c = node.writer.committed().borrow().clone();
+    let status = Status {
+        node_id: node.store.replica_uuid().to_string(),
+        replica: node.store.replica().0,
+        datacenter: node.config.node.datacenter.clone(),
+        node: node.config.node.name.clone(),
+        version_vector: c.vv.iter().map(|(r, n)| (r.to_string(), n)).collect(),
+        peers: Vec::new(),
+    };
+    Ok(reply(StatusCode::OK, &status, &token::encode(&c.vv)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(route_label("/v1/counter/a/b/c"), "/v1/counter/{key}");
+        assert_eq!(route_label("/v1/set"), "/v1/set");
+        assert_eq!(route_label("/v1/nope/x"), "other");
+        assert_eq!(route_label("/v1/batch"), "/v1/batch");
+        assert_eq!(route_label("/whatever"), "other");
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb").as_deref(), Some("a/b"));
+        assert_eq!(percent_decode("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(percent_decode("%FF"), None);
+        assert_eq!(percent_decode("100%").as_deref(), Some("100%"));
+        assert_eq!(percent_decode("%zz").as_deref(), Some("%zz"));
+    }
+}

@@ -1,0 +1,18 @@
+//! dotkv-node: one dotkv node. It opens the store, starts the writer, serves the
+//! HTTP API and answers with causal tokens, and shuts down cleanly.
+//!
+//! - [`config`]: the TOML configuration, its embedded default and `DOTKV_*`
+//!   environment overrides;
+//! - [`http`]: the HTTP API of the contract (`DESIGN.md`), on axum;
+//! - [`token`]: causal tokens (`X-Dotkv-Token`);
+//! - [`metrics`]: Prometheus text metrics;
+//! - [`node`]: wiring and lifecycle.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod token;
+
+pub use config::Config;
+pub use node::{run, Node, NodeError};

@@ -1,0 +1,478 @@
+//! Applying operations and delta groups to the stored state, through an overlay
+//! that holds what the current commit group has written so far.
+//!
+//! Objects kept by a node under causal delivery have the node's version vector
+//! as their causal context, so rows hold only live dots: a dot the vector
+//! covers but no row holds was removed. Local operations allocate dots from the
+//! vector; remote groups are joined with it.
+
+use crate::db::{encode_state, Store, CF_DELTAS, CF_OBJECTS, CF_SET_ELEMS};
+use crate::keys;
+use crate::model::{
+    CounterState, DeltaGroup, DeltaOp, FlagState, MvRegisterState, ObjectKind, Op, OpOutput,
+    RegisterState,
+};
+use crate::StorageError;
+use dotkv_crdt::{
+    decode, CausalContext, Dot, DotFun, DotSet, DotStore, HlcClock, LwwValue, ReplicaId,
+    VersionVector, WallClock,
+};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use std::collections::{BTreeMap, HashMap};
+
+type CfKey = (&'static str, Vec<u8>);
+
+/// Pending writes layered over the database: `staged` for the request being
+/// applied (dropped if it fails), `group` for the requests already accepted into
+/// this commit.
+pub(crate) struct Overlay<'s> {
+    store: &'s Store,
+    group: HashMap<CfKey, Option<Vec<u8>>>,
+    staged: HashMap<CfKey, Option<Vec<u8>>>,
+}
+
+impl<'s> Overlay<'s> {
+    pub(crate) fn new(store: &'s Store) -> Self {
+        Overlay {
+            store,
+            group: HashMap::new(),
+            staged: HashMap::new(),
+        }
+    }
+
+    fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let k = (cf, key.to_vec());
+        if let Some(v) = self.staged.get(&k).or_else(|| self.group.get(&k)) {
+            return Ok(v.clone());
+        }
+        Ok(self.store.db().get_cf(self.store.cf(cf), key)?)
+    }
+
+    fn get_decoded<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+        what: &str,
+    ) -> Result<Option<T>, StorageError> {
+        match self.get(cf, key)? {
+            Some(raw) => decode(&raw)
+                .map(Some)
+                .map_err(|e| StorageError::codec(what, e)),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&mut self, cf: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        self.staged.insert((cf, key), Some(value));
+    }
+
+    fn delete(&mut self, cf: &'static str, key: Vec<u8>) {
+        self.staged.insert((cf, key), None);
+    }
+
+    /// Every live row under `prefix`, the overlay's view merged over the
+    /// database's.
+    fn scan_prefix(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StorageError> {
+        let mut rows = BTreeMap::new();
+        let mut ro = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        let iter = self.store.db().iterator_cf_opt(
+            self.store.cf(cf),
+            ro,
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            rows.insert(k.to_vec(), v.to_vec());
+        }
+        for layer in [&self.group, &self.staged] {
+            for ((c, k), v) in layer {
+                if *c == cf && k.starts_with(prefix) {
+                    match v {
+                        Some(v) => rows.insert(k.clone(), v.clone()),
+                        None => rows.remove(k),
+                    };
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    pub(crate) fn accept_staged(&mut self) {
+        self.group.extend(self.staged.drain());
+    }
+
+    pub(crate) fn discard_staged(&mut self) {
+        self.staged.clear();
+    }
+
+    /// Move the group's writes into a write batch.
+    pub(crate) fn into_batch(self, batch: &mut WriteBatch) {
+        debug_assert!(self.staged.is_empty());
+        for ((cf, k), v) in self.group {
+            let handle = self.store.cf(cf);
+            match v {
+                Some(v) => batch.put_cf(handle, k, v),
+                None => batch.delete_cf(handle, k),
+            }
+        }
+    }
+}
+
+fn ctx_of(dots: impl IntoIterator<Item = Dot>) -> CausalContext {
+    dots.into_iter().collect()
+}
+
+/// State one request works on; copied from the group's and kept only if the
+/// request succeeds.
+pub(crate) struct Applier<'a, C> {
+    pub(crate) me: ReplicaId,
+    pub(crate) vv: &'a mut VersionVector,
+    pub(crate) hlc: &'a mut HlcClock<C>,
+}
+
+impl<C: WallClock> Applier<'_, C> {
+    fn next_dot(&mut self) -> Dot {
+        self.vv.increment(self.me)
+    }
+
+    /// Apply one local op; returns what it answers and its delta.
+    pub(crate) fn local(
+        &mut self,
+        ov: &mut Overlay<'_>,
+        op: &Op,
+    ) -> Result<(OpOutput, DeltaOp), StorageError> {
+        match op {
+            Op::CounterAdd { key, amount } => {
+                let row = keys::object(ObjectKind::Counter, key);
+                let mut state: CounterState = ov
+                    .get_decoded(CF_OBJECTS, &row, "counter")?
+                    .unwrap_or_default();
+                let delta = state
+                    .add(self.me, *amount)
+                    .map_err(|_| StorageError::CounterOverflow { key: key.clone() })?;
+                let value = state
+                    .value()
+                    .map_err(|_| StorageError::CounterOverflow { key: key.clone() })?;
+                ov.put(CF_OBJECTS, row, encode_state("counter", &state)?);
+                Ok((
+                    OpOutput::Counter(value),
+                    DeltaOp::Counter {
+                        key: key.clone(),
+                        delta,
+                    },
+                ))
+            }
+            Op::RegisterSet { key, json } => {
+                let row = keys::object(ObjectKind::Register, key);
+                let old: RegisterState = ov
+                    .get_decoded(CF_OBJECTS, &row, "register")?
+                    .unwrap_or_default();
+                let dot = self.next_dot();
+                let ts = self.hlc.now();
+                let mut ctx = ctx_of(old.iter().map(|(d, _)| d));
+                ctx.insert(dot);
+                let store = DotFun::single(
+                    dot,
+                    LwwValue {
+                        ts,
+                        value: json.clone(),
+                    },
+                );
+                ov.put(CF_OBJECTS, row, encode_state("register", &store)?);
+                Ok((
+                    OpOutput::Done,
+                    DeltaOp::Register {
+                        key: key.clone(),
+                        store,
+                        ctx,
+                    },
+                ))
+            }
+            Op::MvRegisterSet { key, json } => {
+                let row = keys::object(ObjectKind::MvRegister, key);
+                let old: MvRegisterState = ov
+                    .get_decoded(CF_OBJECTS, &row, "mvregister")?
+                    .unwrap_or_default();
+                let dot = self.next_dot();
+                let mut ctx = ctx_of(old.iter().map(|(d, _)| d));
+                ctx.insert(dot);
+                let store = DotFun::single(dot, json.clone());
+                ov.put(CF_OBJECTS, row, encode_state("mvregister", &store)?);
+                Ok((
+                    OpOutput::Done,
+                    DeltaOp::MvRegister {
+                        key: key.clone(),
+                        store,
+                        ctx,
+                    },
+                ))
+            }
+            Op::FlagSet { key, enable } => {
+                let row = keys::object(ObjectKind::Flag, key);
+                let old: FlagState = ov
+                    .get_decoded(CF_OBJECTS, &row, "flag")?
+                    .unwrap_or_default();
+                let mut ctx = ctx_of(old.iter());
+                let store = if *enable {
+                    let dot = self.next_dot();
+                    ctx.insert(dot);
+                    let s = DotSet::single(dot);
+                    ov.put(CF_OBJECTS, row, encode_state("flag", &s)?);
+                    s
+                } else {
+                    ov.delete(CF_OBJECTS, row);
+                    DotSet::new()
+                };
+                Ok((
+                    OpOutput::Done,
+                    DeltaOp::Flag {
+                        key: key.clone(),
+                        store,
+                        ctx,
+                    },
+                ))
+            }
+            Op::SetUpdate { key, add, remove } => {
+                let count_row = keys::object(ObjectKind::Set, key);
+                let mut count: u64 = ov.get_decoded(CF_OBJECTS, &count_row, "set")?.unwrap_or(0);
+                let mut ctx = CausalContext::new();
+                let mut elems = Vec::with_capacity(add.len() + remove.len());
+                for e in remove {
+                    let row = keys::set_elem(key, e);
+                    if let Some(old) =
+                        ov.get_decoded::<DotSet>(CF_SET_ELEMS, &row, "set element")?
+                    {
+                        old.iter().for_each(|d| ctx.insert(d));
+                        ov.delete(CF_SET_ELEMS, row);
+                        count = count.saturating_sub(1);
+                        elems.push((e.clone(), DotSet::new()));
+                    }
+                }
+                for e in add {
+                    let row = keys::set_elem(key, e);
+                    match ov.get_decoded::<DotSet>(CF_SET_ELEMS, &row, "set element")? {
+                        Some(old) => old.iter().for_each(|d| ctx.insert(d)),
+                        None => count += 1,
+                    }
+                    let dot = self.next_dot();
+                    ctx.insert(dot);
+                    let dots = DotSet::single(dot);
+                    ov.put(CF_SET_ELEMS, row, encode_state("set element", &dots)?);
+                    elems.push((e.clone(), dots));
+                }
+                put_count(ov, count_row, count)?;
+                Ok((
+                    OpOutput::Done,
+                    DeltaOp::Set {
+                        key: key.clone(),
+                        elems,
+                        ctx,
+                    },
+                ))
+            }
+            Op::Delete { kind, key } => self.delete(ov, *kind, key),
+        }
+    }
+
+    fn delete(
+        &mut self,
+        ov: &mut Overlay<'_>,
+        kind: ObjectKind,
+        key: &str,
+    ) -> Result<(OpOutput, DeltaOp), StorageError> {
+        let row = keys::object(kind, key);
+        let key = key.to_string();
+        let delta = match kind {
+            ObjectKind::Counter => {
+                let mut state: CounterState = ov
+                    .get_decoded(CF_OBJECTS, &row, "counter")?
+                    .unwrap_or_default();
+                let delta = state.reset();
+                // The row stays: its baselines are what keeps increments this
+                // node has seen from coming back with a late delta.
+                ov.put(CF_OBJECTS, row, encode_state("counter", &state)?);
+                return Ok((OpOutput::Counter(0), DeltaOp::Counter { key, delta }));
+            }
+            ObjectKind::Register => {
+                let old: RegisterState = ov
+                    .get_decoded(CF_OBJECTS, &row, "register")?
+                    .unwrap_or_default();
+                DeltaOp::Register {
+                    key,
+                    ctx: ctx_of(old.iter().map(|(d, _)| d)),
+                    store: DotFun::new(),
+                }
+            }
+            ObjectKind::MvRegister => {
+                let old: MvRegisterState = ov
+                    .get_decoded(CF_OBJECTS, &row, "mvregister")?
+                    .unwrap_or_default();
+                DeltaOp::MvRegister {
+                    key,
+                    ctx: ctx_of(old.iter().map(|(d, _)| d)),
+                    store: DotFun::new(),
+                }
+            }
+            ObjectKind::Flag => {
+                let old: FlagState = ov
+                    .get_decoded(CF_OBJECTS, &row, "flag")?
+                    .unwrap_or_default();
+                DeltaOp::Flag {
+                    key,
+                    ctx: ctx_of(old.iter()),
+                    store: DotSet::new(),
+                }
+            }
+            ObjectKind::Set => {
+                for (k, _) in ov.scan_prefix(CF_SET_ELEMS, &keys::set_prefix(&key))? {
+                    ov.delete(CF_SET_ELEMS, k);
+                }
+                DeltaOp::SetClear {
+                    key,
+                    seen: self.vv.clone(),
+                }
+            }
+        };
+        ov.delete(CF_OBJECTS, row);
+        Ok((OpOutput::Done, delta))
+    }
+
+    /// Apply a remote group's ops. The caller has checked causal readiness and
+    /// raises the version vector afterwards: while the ops are joined, the
+    /// group's own dots must still look unseen.
+    pub(crate) fn remote(
+        &mut self,
+        ov: &mut Overlay<'_>,
+        group: &DeltaGroup,
+    ) -> Result<(), StorageError> {
+        self.hlc.observe(group.ts);
+        for op in &group.ops {
+            self.remote_op(ov, op)?;
+        }
+        Ok(())
+    }
+
+    fn remote_op(&mut self, ov: &mut Overlay<'_>, op: &DeltaOp) -> Result<(), StorageError> {
+        let vv = &*self.vv;
+        match op {
+            DeltaOp::Counter { key, delta } => {
+                let row = keys::object(ObjectKind::Counter, key);
+                let mut state: CounterState = ov
+                    .get_decoded(CF_OBJECTS, &row, "counter")?
+                    .unwrap_or_default();
+                dotkv_crdt::Lattice::join(&mut state, delta);
+                ov.put(CF_OBJECTS, row, encode_state("counter", &state)?);
+            }
+            DeltaOp::Register { key, store, ctx } => {
+                let row = keys::object(ObjectKind::Register, key);
+                let mut state: RegisterState = ov
+                    .get_decoded(CF_OBJECTS, &row, "register")?
+                    .unwrap_or_default();
+                for (_, v) in store.iter() {
+                    self.hlc.observe(v.ts);
+                }
+                state.join_with(vv, store, ctx);
+                put_or_delete(ov, row, &state, "register")?;
+            }
+            DeltaOp::MvRegister { key, store, ctx } => {
+                let row = keys::object(ObjectKind::MvRegister, key);
+                let mut state: MvRegisterState = ov
+                    .get_decoded(CF_OBJECTS, &row, "mvregister")?
+                    .unwrap_or_default();
+                state.join_with(vv, store, ctx);
+                put_or_delete(ov, row, &state, "mvregister")?;
+            }
+            DeltaOp::Flag { key, store, ctx } => {
+                let row = keys::object(ObjectKind::Flag, key);
+                let mut state: FlagState = ov
+                    .get_decoded(CF_OBJECTS, &row, "flag")?
+                    .unwrap_or_default();
+                state.join_with(vv, store, ctx);
+                put_or_delete(ov, row, &state, "flag")?;
+            }
+            DeltaOp::Set { key, elems, ctx } => {
+                let count_row = keys::object(ObjectKind::Set, key);
+                let mut count: u64 = ov.get_decoded(CF_OBJECTS, &count_row, "set")?.unwrap_or(0);
+                for (e, dots) in elems {
+                    let row = keys::set_elem(key, e);
+                    let old = ov.get_decoded::<DotSet>(CF_SET_ELEMS, &row, "set element")?;
+                    let existed = old.is_some();
+                    let mut state = old.unwrap_or_default();
+                    state.join_with(vv, dots, ctx);
+                    match (existed, state.is_bottom()) {
+                        (true, true) => count = count.saturating_sub(1),
+                        (false, false) => count += 1,
+                        _ => {}
+                    }
+                    put_or_delete_in(ov, CF_SET_ELEMS, row, &state, "set element")?;
+                }
+                put_count(ov, count_row, count)?;
+            }
+            DeltaOp::SetClear { key, seen } => {
+                let count_row = keys::object(ObjectKind::Set, key);
+                let mut count: u64 = ov.get_decoded(CF_OBJECTS, &count_row, "set")?.unwrap_or(0);
+                for (k, raw) in ov.scan_prefix(CF_SET_ELEMS, &keys::set_prefix(key))? {
+                    let mut dots: DotSet =
+                        decode(&raw).map_err(|e| StorageError::codec("set element", e))?;
+                    dots.remove_covered(seen);
+                    if dots.is_bottom() {
+                        count = count.saturating_sub(1);
+                    }
+                    put_or_delete_in(ov, CF_SET_ELEMS, k, &dots, "set element")?;
+                }
+                put_count(ov, count_row, count)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn put_count(ov: &mut Overlay<'_>, row: Vec<u8>, count: u64) -> Result<(), StorageError> {
+    if count == 0 {
+        ov.delete(CF_OBJECTS, row);
+    } else {
+        ov.put(CF_OBJECTS, row, encode_state("set", &count)?);
+    }
+    Ok(())
+}
+
+fn put_or_delete<S: DotStore + serde::Serialize>(
+    ov: &mut Overlay<'_>,
+    row: Vec<u8>,
+    state: &S,
+    what: &'static str,
+) -> Result<(), StorageError> {
+    put_or_delete_in(ov, CF_OBJECTS, row, state, what)
+}
+
+fn put_or_delete_in<S: DotStore + serde::Serialize>(
+    ov: &mut Overlay<'_>,
+    cf: &'static str,
+    row: Vec<u8>,
+    state: &S,
+    what: &'static str,
+) -> Result<(), StorageError> {
+    if state.is_bottom() {
+        ov.delete(cf, row);
+    } else {
+        ov.put(cf, row, encode_state(what, state)?);
+    }
+    Ok(())
+}
+
+/// Log a committed group in the delta log, through the overlay.
+pub(crate) fn log_group(ov: &mut Overlay<'_>, group: &DeltaGroup) -> Result<(), StorageError> {
+    let key = keys::delta(group.origin.0, group.first).to_vec();
+    ov.put(CF_DELTAS, key, encode_state("delta group", group)?);
+    Ok(())
+}

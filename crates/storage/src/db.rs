@@ -1,0 +1,375 @@
+//! Opening the database and everything that reads it. Writes go through
+//! [`crate::Writer`].
+
+use crate::keys;
+use crate::model::{CounterState, FlagState, MvRegisterState, ObjectKind, RegisterState};
+use crate::StorageError;
+use dotkv_crdt::{decode, encode, DotSet, Hlc, ReplicaId, VersionVector};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
+    IteratorMode, Options, ReadOptions, DB,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub(crate) const CF_OBJECTS: &str = "objects";
+pub(crate) const CF_SET_ELEMS: &str = "set_elems";
+pub(crate) const CF_DELTAS: &str = "deltas";
+pub(crate) const CF_META: &str = "meta";
+
+/// Tuning knobs for the database.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Shared block cache, in bytes.
+    pub block_cache_bytes: usize,
+    /// Memtable size per column family, in bytes.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            block_cache_bytes: 128 << 20,
+            write_buffer_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Figures for `/metrics` and `/v1/status`.
+#[derive(Clone, Debug, Default)]
+pub struct StoreStats {
+    pub live_data_bytes: u64,
+    pub sst_files_bytes: u64,
+    pub memtable_bytes: u64,
+    pub estimated_keys: u64,
+}
+
+/// The node's RocksDB database. Cheap to clone; reads may run on any thread.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DB,
+    path: PathBuf,
+    replica_uuid: uuid::Uuid,
+    replica: ReplicaId,
+}
+
+/// The replica id is the UUID's first 8 bytes, which are random in a v4 UUID.
+fn replica_of(uuid: &uuid::Uuid) -> ReplicaId {
+    let b = uuid.as_bytes();
+    let id = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    ReplicaId(id.max(1))
+}
+
+impl Store {
+    /// Open (or create) the database in `path`. A new database gets a fresh
+    /// replica identity; an existing one keeps its own.
+    pub fn open(path: impl AsRef<Path>, opts: &StoreOptions) -> Result<Store, StorageError> {
+        let path = path.as_ref().to_path_buf();
+        std::fs::create_dir_all(&path)?;
+        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+        let cf_opts = |point_lookups: bool| {
+            let mut o = Options::default();
+            let mut b = BlockBasedOptions::default();
+            b.set_block_cache(&cache);
+            b.set_bloom_filter(10.0, false);
+            b.set_cache_index_and_filter_blocks(true);
+            o.set_block_based_table_factory(&b);
+            o.set_compression_type(DBCompressionType::Lz4);
+            o.set_bottommost_compression_type(DBCompressionType::Zstd);
+            o.set_write_buffer_size(opts.write_buffer_bytes);
+            if point_lookups {
+                o.optimize_for_point_lookup(opts.block_cache_bytes as u64 >> 20);
+            }
+            o
+        };
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.increase_parallelism(2);
+        db_opts.set_keep_log_file_num(4);
+        db_opts.set_max_total_wal_size(256 << 20);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_OBJECTS, cf_opts(false)),
+            ColumnFamilyDescriptor::new(CF_SET_ELEMS, cf_opts(false)),
+            ColumnFamilyDescriptor::new(CF_DELTAS, cf_opts(false)),
+            ColumnFamilyDescriptor::new(CF_META, cf_opts(true)),
+        ];
+        let db = DB::open_cf_descriptors(&db_opts, &path, cfs)?;
+        let meta = db
+            .cf_handle(CF_META)
+            .ok_or_else(|| StorageError::Corrupt("missing meta column family".into()))?;
+        let replica_uuid = match db.get_cf(meta, keys::META_REPLICA)? {
+            Some(raw) => uuid::Uuid::from_slice(&raw)
+                .map_err(|e| StorageError::Corrupt(format!("replica id: {e}")))?,
+            None => {
+                let id = uuid::Uuid::new_v4();
+                let mut wo = rocksdb::WriteOptions::default();
+                wo.set_sync(true);
+                db.put_cf_opt(meta, keys::META_REPLICA, id.as_bytes(), &wo)?;
+                tracing::info!(replica = %id, path = %path.display(), "created a new replica");
+                id
+            }
+        };
+        let replica = replica_of(&replica_uuid);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                path,
+                replica_uuid,
+                replica,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn replica_uuid(&self) -> uuid::Uuid {
+        self.inner.replica_uuid
+    }
+
+    pub fn replica(&self) -> ReplicaId {
+        self.inner.replica
+    }
+
+    pub(crate) fn db(&self) -> &DB {
+        &self.inner.db
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        // The column families are created at open; a missing one is a bug.
+        self.inner
+            .db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} exists after open"))
+    }
+
+    fn get_decoded<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &str,
+        key: &[u8],
+        what: impl FnOnce() -> String,
+    ) -> Result<Option<T>, StorageError> {
+        match self.db().get_pinned_cf(self.cf(cf), key)? {
+            Some(raw) => decode(&raw)
+                .map(Some)
+                .map_err(|e| StorageError::codec(what(), e)),
+            None => Ok(None),
+        }
+    }
+
+    /// The version vector as last committed.
+    pub fn load_vv(&self) -> Result<VersionVector, StorageError> {
+        Ok(self
+            .get_decoded(CF_META, keys::META_VV, || "version vector".into())?
+            .unwrap_or_default())
+    }
+
+    /// The HLC high-water mark as last committed.
+    pub fn load_hlc(&self) -> Result<Hlc, StorageError> {
+        Ok(self
+            .get_decoded(CF_META, keys::META_HLC, || "hlc".into())?
+            .unwrap_or_default())
+    }
+
+    pub fn counter(&self, key: &str) -> Result<Option<CounterState>, StorageError> {
+        self.get_decoded(CF_OBJECTS, &keys::object(ObjectKind::Counter, key), || {
+            format!("counter {key:?}")
+        })
+    }
+
+    pub fn register(&self, key: &str) -> Result<Option<RegisterState>, StorageError> {
+        self.get_decoded(CF_OBJECTS, &keys::object(ObjectKind::Register, key), || {
+            format!("register {key:?}")
+        })
+    }
+
+    pub fn mvregister(&self, key: &str) -> Result<Option<MvRegisterState>, StorageError> {
+        self.get_decoded(
+            CF_OBJECTS,
+            &keys::object(ObjectKind::MvRegister, key),
+            || format!("mvregister {key:?}"),
+        )
+    }
+
+    pub fn flag(&self, key: &str) -> Result<Option<FlagState>, StorageError> {
+        self.get_decoded(CF_OBJECTS, &keys::object(ObjectKind::Flag, key), || {
+            format!("flag {key:?}")
+        })
+    }
+
+    /// Number of elements of a set (0 if absent).
+    pub fn set_len(&self, key: &str) -> Result<u64, StorageError> {
+        Ok(self
+            .get_decoded(CF_OBJECTS, &keys::object(ObjectKind::Set, key), || {
+                format!("set {key:?}")
+            })?
+            .unwrap_or(0))
+    }
+
+    /// The dots of one set element, if present.
+    pub fn set_elem(&self, key: &str, elem: &[u8]) -> Result<Option<DotSet>, StorageError> {
+        self.get_decoded(CF_SET_ELEMS, &keys::set_elem(key, elem), || {
+            format!("set element of {key:?}")
+        })
+    }
+
+    /// Up to `limit` elements of a set, in element-byte order, after `after`
+    /// (exclusive). Returns the elements and whether more follow.
+    pub fn set_page(
+        &self,
+        key: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), StorageError> {
+        let prefix = keys::set_prefix(key);
+        let start = match after {
+            Some(a) => {
+                let mut s = keys::set_elem(key, a);
+                s.push(0); // the least key after `after`
+                s
+            }
+            None => prefix.clone(),
+        };
+        let mut ro = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(&prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        let iter = self.db().iterator_cf_opt(
+            self.cf(CF_SET_ELEMS),
+            ro,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in iter {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(k[prefix.len()..].to_vec());
+        }
+        Ok((out, false))
+    }
+
+    /// Up to `limit` keys of one kind that start with `prefix`, after `after`
+    /// (exclusive), in byte order. Returns the keys and whether more follow.
+    pub fn list_keys(
+        &self,
+        kind: ObjectKind,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), StorageError> {
+        let full_prefix = keys::object(kind, prefix);
+        let start = match after {
+            Some(a) if keys::object(kind, a) >= full_prefix => {
+                let mut s = keys::object(kind, a);
+                s.push(0);
+                s
+            }
+            _ => full_prefix.clone(),
+        };
+        let mut ro = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(&full_prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        let iter = self.db().iterator_cf_opt(
+            self.cf(CF_OBJECTS),
+            ro,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&full_prefix) {
+                break;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            if kind == ObjectKind::Counter {
+                // A deleted counter keeps its row (see `apply`), but is gone.
+                let state: CounterState =
+                    decode(&v).map_err(|e| StorageError::codec("counter", e))?;
+                if state.is_reset() {
+                    continue;
+                }
+            }
+            match keys::parse_object(&k) {
+                Some((_, key)) => out.push(key.to_string()),
+                None => return Err(StorageError::Corrupt(format!("object key {k:?}"))),
+            }
+        }
+        Ok((out, false))
+    }
+
+    /// Delta groups of `origin` from sequence `from` on, at most `limit`.
+    pub fn delta_groups(
+        &self,
+        origin: ReplicaId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::DeltaGroup>, StorageError> {
+        let start = keys::delta(origin.0, from);
+        let end = keys::delta(origin.0, u64::MAX);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(end.to_vec());
+        let iter = self.db().iterator_cf_opt(
+            self.cf(CF_DELTAS),
+            ro,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (_, v) = item?;
+            out.push(decode(&v).map_err(|e| StorageError::codec("delta group", e))?);
+        }
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let prop = |name: &str| -> u64 {
+            [CF_OBJECTS, CF_SET_ELEMS, CF_DELTAS, CF_META]
+                .iter()
+                .filter_map(|cf| {
+                    self.db()
+                        .property_int_value_cf(self.cf(cf), name)
+                        .ok()
+                        .flatten()
+                })
+                .sum()
+        };
+        StoreStats {
+            live_data_bytes: prop("rocksdb.estimate-live-data-size"),
+            sst_files_bytes: prop("rocksdb.total-sst-files-size"),
+            memtable_bytes: prop("rocksdb.cur-size-all-mem-tables"),
+            estimated_keys: prop("rocksdb.estimate-num-keys"),
+        }
+    }
+
+    /// RocksDB's latest sequence number: grows with every commit.
+    pub fn latest_seq(&self) -> u64 {
+        self.db().latest_sequence_number()
+    }
+
+    /// Make everything written so far durable (WAL synced).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db().flush_wal(true)?;
+        Ok(())
+    }
+}
+
+pub(crate) fn encode_state<T: serde::Serialize>(
+    what: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, StorageError> {
+    encode(value).map_err(|source| StorageError::Encode { what, source })
+}

@@ -1,0 +1,28 @@
+//! dotkv-storage: how a node keeps its replica on disk, in RocksDB.
+//!
+//! - `objects`: one row per counter, register, multi-value register and flag
+//!   (kind tag + key → encoded state), and one row per non-empty set holding its
+//!   element count, so keys of every type can be listed by prefix;
+//! - `set_elems`: one row per set element (set key + element → its dots), so
+//!   adding to a set of a million elements costs what adding to an empty one
+//!   costs, and sets are read page by page;
+//! - `deltas`: the delta log, (origin, first seq) → delta group;
+//! - `meta`: replica id, version vector, HLC high-water mark.
+//!
+//! All mutations go through one writer thread ([`Writer`]) that applies a group
+//! of requests, then commits state, delta-log entries and version vector in one
+//! `WriteBatch`: recovery after a crash has nothing to replay by hand. Many
+//! concurrent requests share one commit, and so one fsync when
+//! `durability = "fsync"`.
+
+pub mod apply;
+pub mod db;
+pub mod error;
+pub mod keys;
+pub mod model;
+pub mod writer;
+
+pub use db::{Store, StoreOptions, StoreStats};
+pub use error::StorageError;
+pub use model::{DeltaGroup, DeltaOp, ObjectKind, Op, OpOutput};
+pub use writer::{Committed, Durability, WriteOutcome, Writer, WriterOptions, WriterStats};

@@ -1,0 +1,326 @@
+//! The storage layer on a real RocksDB in a temporary directory: local
+//! operations, atomic batches, restarts, and two replicas converging through
+//! their delta logs.
+
+use dotkv_crdt::{DotStore, Hlc, ManualClock};
+use dotkv_storage::{
+    DeltaGroup, Durability, ObjectKind, Op, OpOutput, StorageError, Store, StoreOptions, Writer,
+    WriterOptions,
+};
+
+fn open(dir: &std::path::Path) -> (Store, Writer) {
+    let store = Store::open(dir, &StoreOptions::default()).expect("open store");
+    let writer = Writer::start(store.clone(), WriterOptions::default()).expect("start writer");
+    (store, writer)
+}
+
+fn add(key: &str, amount: i64) -> Op {
+    Op::CounterAdd {
+        key: key.into(),
+        amount,
+    }
+}
+
+fn set_add(key: &str, elems: &[&str]) -> Op {
+    Op::SetUpdate {
+        key: key.into(),
+        add: elems.iter().map(|e| e.as_bytes().to_vec()).collect(),
+        remove: vec![],
+    }
+}
+
+fn set_remove(key: &str, elems: &[&str]) -> Op {
+    Op::SetUpdate {
+        key: key.into(),
+        add: vec![],
+        remove: elems.iter().map(|e| e.as_bytes().to_vec()).collect(),
+    }
+}
+
+fn register_value(store: &Store, key: &str) -> Option<String> {
+    let state = store.register(key).unwrap()?;
+    state
+        .iter()
+        .max_by_key(|(d, v)| (v.ts, d.replica))
+        .map(|(_, v)| v.value.clone())
+}
+
+fn set_elems(store: &Store, key: &str) -> Vec<String> {
+    let (page, more) = store.set_page(key, None, 10_000).unwrap();
+    assert!(!more);
+    page.into_iter()
+        .map(|e| String::from_utf8(e).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn local_operations_of_every_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, w) = open(dir.path());
+    let out = w.write(vec![add("c", 5)]).await.unwrap();
+    assert_eq!(out.outputs, vec![OpOutput::Counter(5)]);
+    let out = w.write(vec![add("c", -7)]).await.unwrap();
+    assert_eq!(out.outputs, vec![OpOutput::Counter(-2)]);
+    assert!(out.vv.get(store.replica()) >= out.last);
+
+    w.write(vec![Op::RegisterSet {
+        key: "r".into(),
+        json: "1".into(),
+    }])
+    .await
+    .unwrap();
+    w.write(vec![Op::RegisterSet {
+        key: "r".into(),
+        json: "\"two\"".into(),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(register_value(&store, "r").as_deref(), Some("\"two\""));
+    assert_eq!(store.register("r").unwrap().unwrap().len(), 1);
+
+    w.write(vec![Op::FlagSet {
+        key: "f".into(),
+        enable: true,
+    }])
+    .await
+    .unwrap();
+    assert!(!store.flag("f").unwrap().unwrap().is_bottom());
+    w.write(vec![Op::FlagSet {
+        key: "f".into(),
+        enable: false,
+    }])
+    .await
+    .unwrap();
+    assert!(store.flag("f").unwrap().is_none());
+
+    w.write(vec![set_add("s", &["a", "b", "c"])]).await.unwrap();
+    w.write(vec![set_remove("s", &["b", "zz"])]).await.unwrap();
+    assert_eq!(set_elems(&store, "s"), vec!["a", "c"]);
+    assert_eq!(store.set_len("s").unwrap(), 2);
+    let (page, more) = store.set_page("s", None, 1).unwrap();
+    assert_eq!((page, more), (vec![b"a".to_vec()], true));
+    let (page, more) = store.set_page("s", Some(b"a"), 1).unwrap();
+    assert_eq!((page, more), (vec![b"c".to_vec()], false));
+    assert!(store.set_elem("s", b"a").unwrap().is_some());
+    assert!(store.set_elem("s", b"b").unwrap().is_none());
+
+    // Listing by prefix, with paging.
+    for k in ["user/1", "user/2", "user/3", "other"] {
+        w.write(vec![add(k, 1)]).await.unwrap();
+    }
+    let (keys, more) = store
+        .list_keys(ObjectKind::Counter, "user/", None, 2)
+        .unwrap();
+    assert_eq!(
+        (keys, more),
+        (vec!["user/1".to_string(), "user/2".into()], true)
+    );
+    let (keys, more) = store
+        .list_keys(ObjectKind::Counter, "user/", Some("user/2"), 2)
+        .unwrap();
+    assert_eq!((keys, more), (vec!["user/3".to_string()], false));
+
+    // Deletes, of every type.
+    for kind in ObjectKind::ALL {
+        let key = match kind {
+            ObjectKind::Counter => "c",
+            ObjectKind::Register => "r",
+            ObjectKind::MvRegister => "m",
+            ObjectKind::Set => "s",
+            ObjectKind::Flag => "f",
+        };
+        w.write(vec![Op::Delete {
+            kind,
+            key: key.into(),
+        }])
+        .await
+        .unwrap();
+    }
+    assert_eq!(store.counter("c").unwrap().unwrap().value(), Ok(0));
+    assert!(store.register("r").unwrap().is_none());
+    assert!(set_elems(&store, "s").is_empty());
+    assert_eq!(store.set_len("s").unwrap(), 0);
+    let (keys, _) = store.list_keys(ObjectKind::Counter, "", None, 100).unwrap();
+    assert!(
+        !keys.contains(&"c".to_string()),
+        "deleted counter listed: {keys:?}"
+    );
+    let (keys, _) = store.list_keys(ObjectKind::Set, "", None, 100).unwrap();
+    assert!(keys.is_empty());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_op_rejects_its_whole_batch_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, w) = open(dir.path());
+    w.write(vec![add("big", i64::MAX)]).await.unwrap();
+    let before = store.load_vv().unwrap();
+    let err = w
+        .write(vec![add("small", 1), set_add("s", &["x"]), add("big", 1)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::CounterOverflow { .. }), "{err}");
+    assert!(store.counter("small").unwrap().is_none());
+    assert!(store.set_elem("s", b"x").unwrap().is_none());
+    assert_eq!(store.load_vv().unwrap(), before);
+    // Requests committed in the same group as a failing one still land.
+    let (a, b) = tokio::join!(w.write(vec![add("big", 1)]), w.write(vec![add("small", 2)]));
+    assert!(a.is_err());
+    assert_eq!(b.unwrap().outputs, vec![OpOutput::Counter(2)]);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn restart_keeps_replica_id_hlc_and_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, w) = open(dir.path());
+    let id = store.replica_uuid();
+    w.write(vec![Op::RegisterSet {
+        key: "r".into(),
+        json: "1".into(),
+    }])
+    .await
+    .unwrap();
+    let hlc = store.load_hlc().unwrap();
+    let vv = store.load_vv().unwrap();
+    assert!(hlc > Hlc::default());
+    w.stop().await;
+    drop(store);
+
+    // A clock far behind: the HLC still never goes back.
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let w = Writer::start_with_clock(store.clone(), WriterOptions::default(), ManualClock::new(1))
+        .unwrap();
+    assert_eq!(store.replica_uuid(), id);
+    assert_eq!(store.load_vv().unwrap(), vv);
+    w.write(vec![Op::RegisterSet {
+        key: "r".into(),
+        json: "2".into(),
+    }])
+    .await
+    .unwrap();
+    let state = store.register("r").unwrap().unwrap();
+    let (_, v) = state.iter().next().unwrap();
+    assert!(v.ts > hlc, "{} should exceed {}", v.ts, hlc);
+    assert_eq!(register_value(&store, "r").as_deref(), Some("2"));
+    w.stop().await;
+}
+
+async fn ship(from: &Store, to: &Writer, origin_from: u64) -> u64 {
+    let groups = from
+        .delta_groups(from.replica(), origin_from, 10_000)
+        .unwrap();
+    let mut next = origin_from;
+    for g in groups {
+        next = g.last + 1;
+        to.apply_remote(g).await.unwrap();
+    }
+    next
+}
+
+#[tokio::test]
+async fn two_replicas_converge_through_their_delta_logs() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (sa, wa) = open(da.path());
+    let (sb, wb) = open(db.path());
+    assert_ne!(sa.replica(), sb.replica());
+
+    wa.write(vec![set_add("s", &["x", "y"]), add("c", 3)])
+        .await
+        .unwrap();
+    let a_next = ship(&sa, &wb, 1).await;
+    // Concurrently: B removes x and clears nothing else; A re-adds x.
+    wb.write(vec![set_remove("s", &["x"]), add("c", 10)])
+        .await
+        .unwrap();
+    wa.write(vec![set_add("s", &["x"]), add("c", 1)])
+        .await
+        .unwrap();
+    // Concurrent register writes: the greater (timestamp, replica) wins.
+    wa.write(vec![Op::RegisterSet {
+        key: "r".into(),
+        json: "\"a\"".into(),
+    }])
+    .await
+    .unwrap();
+    wb.write(vec![Op::RegisterSet {
+        key: "r".into(),
+        json: "\"b\"".into(),
+    }])
+    .await
+    .unwrap();
+    // B deletes the whole set concurrently with A's add of z.
+    wb.write(vec![Op::Delete {
+        kind: ObjectKind::Set,
+        key: "s".into(),
+    }])
+    .await
+    .unwrap();
+    wa.write(vec![set_add("s", &["z"])]).await.unwrap();
+
+    ship(&sa, &wb, a_next).await;
+    ship(&sb, &wa, 1).await;
+
+    for s in [&sa, &sb] {
+        // x: A's re-add was concurrent with B's remove and the clear: add wins.
+        // y: seen by both the remove-x (untouched) and the clear: gone.
+        // z: concurrent with the clear: stays.
+        assert_eq!(set_elems(s, "s"), vec!["x", "z"]);
+        assert_eq!(s.set_len("s").unwrap(), 2);
+        assert_eq!(s.counter("c").unwrap().unwrap().value(), Ok(14));
+        assert_eq!(s.register("r").unwrap().unwrap().len(), 2);
+    }
+    assert_eq!(register_value(&sa, "r"), register_value(&sb, "r"));
+    assert_eq!(sa.load_vv().unwrap(), sb.load_vv().unwrap());
+    wa.stop().await;
+    wb.stop().await;
+}
+
+#[tokio::test]
+async fn remote_groups_wait_for_their_causal_past() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (sa, wa) = open(da.path());
+    let (_sb, wb) = open(db.path());
+    wa.write(vec![add("c", 1)]).await.unwrap();
+    wa.write(vec![add("c", 1)]).await.unwrap();
+    let groups: Vec<DeltaGroup> = sa.delta_groups(sa.replica(), 1, 10).unwrap();
+    assert_eq!(groups.len(), 2);
+    let err = wb.apply_remote(groups[1].clone()).await.unwrap_err();
+    assert!(matches!(err, StorageError::NotReady { .. }), "{err}");
+    assert!(wb.apply_remote(groups[0].clone()).await.unwrap());
+    assert!(
+        !wb.apply_remote(groups[0].clone()).await.unwrap(),
+        "duplicate applied twice"
+    );
+    assert!(wb.apply_remote(groups[1].clone()).await.unwrap());
+    wa.stop().await;
+    wb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_durability_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let w = Writer::start(
+        store.clone(),
+        WriterOptions {
+            durability: Durability::Fsync,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let w = w.clone();
+            tokio::spawn(async move { w.write(vec![add("c", 1)]).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(store.counter("c").unwrap().unwrap().value(), Ok(64));
+    let commits = w.stats().commits.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(commits <= 64);
+    w.stop().await;
+}
