@@ -1,0 +1,5 @@
+//! One module per subcommand of `dotkv-bench`.
+
+pub mod hello;
+pub mod run;
+pub mod single_node;

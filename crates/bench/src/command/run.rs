@@ -1,0 +1,178 @@
+//! `dotkv-bench run`: one workload against a server that is already running,
+//! closed loop or open loop (`--rate`). The building block of the suites, for
+//! ad hoc measurements.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::generator::{self, LoadConfig};
+use crate::stats::{fmt_us, Report, Table};
+use crate::target::HttpTarget;
+use crate::workload::Builtin;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The server, e.g. `http://127.0.0.1:7700`.
+    #[arg(long)]
+    pub url: String,
+    /// ping (GET /), counter-add, register-put, register-get, set-add.
+    #[arg(long, default_value = "counter-add")]
+    pub workload: String,
+    /// Keys (sets for set-add) the workload spreads over.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u64,
+    /// Size of register values on the wire (JSON string with quotes).
+    #[arg(long, default_value_t = 100)]
+    pub value_bytes: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Open loop at this total rate (ops/s); latency then counts from each
+    /// op's scheduled send time. Without it, closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Also report the CPU use of this process (the server).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Load options shared by the commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Concurrent connections (one op in flight each).
+    #[arg(long, default_value_t = 50)]
+    pub connections: usize,
+    /// Measured time per case, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Warm-up before each measurement (not counted), in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_secs: f64,
+    /// Longest wait for one connect or one op before it counts as an error.
+    #[arg(long, default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Seed of the key choice, for repeatable runs.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl LoadArgs {
+    pub fn config(
+        &self,
+        case: &str,
+        connections: usize,
+        server_pid: Option<u32>,
+    ) -> Result<LoadConfig> {
+        if connections == 0 {
+            bail!("--connections must be at least 1");
+        }
+        let secs = |name: &str, v: f64| {
+            Duration::try_from_secs_f64(v)
+                .map_err(|_| anyhow!("{name} must be a non-negative number of seconds, not {v}"))
+        };
+        Ok(LoadConfig {
+            case: case.to_owned(),
+            connections,
+            warmup: secs("--warmup-secs", self.warmup_secs)?,
+            duration: secs("--duration-secs", self.duration_secs)?,
+            rate: None,
+            request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
+            server_pid,
+            seed: self.seed,
+        })
+    }
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let hostport = args
+        .url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("--url must start with http://, not {:?}", args.url))?
+        .trim_end_matches('/');
+    let addr: SocketAddr = tokio::net::lookup_host(hostport)
+        .await
+        .with_context(|| format!("resolving {hostport}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{hostport} resolves to no address"))?;
+    let workload = Builtin::parse(&args.workload, args.keys, args.value_bytes)
+        .ok_or_else(|| anyhow!("unknown workload {:?}", args.workload))?;
+    let mut cfg = args
+        .load
+        .config(&args.workload, args.load.connections, args.server_pid)?;
+    if let Some(rate) = args.rate {
+        if !(rate > 0.0 && rate.is_finite()) {
+            bail!("--rate must be a positive number of ops/s");
+        }
+        cfg.rate = Some(rate);
+    }
+    let report = generator::run(Arc::new(HttpTarget::new(addr)), Arc::new(workload), &cfg).await;
+
+    let mut t = report_table();
+    t.row(report_row(&report));
+    print!("{}", t.render());
+    warn_about(&report);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn report_table() -> Table {
+    Table::new(&[
+        "workload", "mode", "conns", "ops/s", "p50", "p99", "p99.9", "max", "errors", "unsent",
+    ])
+}
+
+fn report_row(r: &Report) -> Vec<String> {
+    vec![
+        r.workload.clone(),
+        match r.rate {
+            Some(rate) => format!("open {rate:.0}/s"),
+            None => "closed".into(),
+        },
+        r.connections.to_string(),
+        format!("{:.0}", r.ops_per_sec),
+        fmt_us(r.latency_us.p50),
+        fmt_us(r.latency_us.p99),
+        fmt_us(r.latency_us.p999),
+        fmt_us(r.latency_us.max),
+        r.errors.to_string(),
+        r.unsent.to_string(),
+    ]
+}
+
+/// Print what a reader of the numbers must know: errors and their first
+/// samples, ops never sent in open loop.
+pub fn warn_about(r: &Report) {
+    if r.errors > 0 {
+        eprintln!(
+            "warning: {}: {} errors ({} rejected, {} failed); first ones:",
+            r.case, r.errors, r.rejected, r.failed
+        );
+        for s in &r.error_samples {
+            eprintln!("  {s}");
+        }
+    }
+    if let Some(other) = r.cpu.and_then(|c| c.other_cores) {
+        if other > 0.25 {
+            eprintln!(
+                "warning: {}: other processes used {:.0}% of a CPU during the measurement; the machine was not quiet",
+                r.case,
+                other * 100.0
+            );
+        }
+    }
+    if r.unsent > 0 {
+        eprintln!(
+            "warning: {}: {} ops due in the window were never sent: the target did not keep up with the rate, so the latencies are a lower bound",
+            r.case, r.unsent
+        );
+    }
+}

@@ -1,0 +1,53 @@
+//! `dotkv-bench`: the load generator and side-by-side benchmarks of dotkv.
+//!
+//! Servers are always separate processes (dotkv is driven through its binary,
+//! never linked in), so a benchmark measures what a client sees. The pieces:
+//! [`workload`] says what to send, [`target`] how to send it, [`generator`]
+//! how hard and for how long, [`stats`] what came out, [`process`] keeps the
+//! servers' lifetimes in hand, and [`command`] has one module per subcommand.
+
+mod command;
+mod generator;
+mod process;
+mod stats;
+mod target;
+mod workload;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "dotkv-bench", version, about)]
+struct Cli {
+    /// Worker threads of this process's async runtime (0: one per CPU).
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// A minimal axum hello-world server: the HTTP ceiling.
+    Hello(command::hello::Args),
+    /// One workload against a running server (closed or open loop).
+    Run(command::run::Args),
+    /// dotkv over HTTP vs. the hello ceiling, then fsync group commit.
+    SingleNode(command::single_node::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if cli.threads > 0 {
+        rt.worker_threads(cli.threads);
+    }
+    let rt = rt.enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Cmd::Hello(a) => command::hello::run(a).await,
+            Cmd::Run(a) => command::run::run(a).await,
+            Cmd::SingleNode(a) => command::single_node::run(a).await,
+        }
+    })
+}

@@ -1,0 +1,339 @@
+//! Results: merging per-connection HDR histograms into one [`Report`], the CPU
+//! time the generator and the server used during the measured window, and the
+//! plain-text tables the commands print.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::time::{sleep_until, Instant};
+
+use crate::generator::{new_histogram, ConnResult, LoadConfig};
+
+/// One measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub case: String,
+    pub target: String,
+    pub workload: String,
+    /// `closed` or `open`.
+    pub mode: &'static str,
+    pub connections: usize,
+    /// Open loop: the asked total rate in ops/s.
+    pub rate: Option<f64>,
+    pub warmup_secs: f64,
+    pub duration_secs: f64,
+    /// From the start of the measured window to the last measured answer.
+    pub elapsed_secs: f64,
+    /// Successful ops in the measured window.
+    pub ops: u64,
+    /// `rejected + failed`.
+    pub errors: u64,
+    /// Non-2xx answers.
+    pub rejected: u64,
+    /// Connect and transport errors, timeouts.
+    pub failed: u64,
+    /// Open loop: ops due in the window but never sent (the target fell behind).
+    pub unsent: u64,
+    /// Successful ops per second.
+    pub ops_per_sec: f64,
+    /// Latency of successful ops.
+    pub latency_us: Latency,
+    pub cpu: Option<CpuSample>,
+    /// The first errors seen, a few per connection at most.
+    pub error_samples: Vec<String>,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        if h.is_empty() {
+            return Latency {
+                p50: 0.0,
+                p90: 0.0,
+                p99: 0.0,
+                p999: 0.0,
+                max: 0.0,
+                mean: 0.0,
+            };
+        }
+        Latency {
+            p50: us(h.value_at_quantile(0.50)),
+            p90: us(h.value_at_quantile(0.90)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+}
+
+/// CPU used during the measured window, in cores (1.0 = one core busy the
+/// whole time). On a machine where client and server share the cores, this
+/// says who the bottleneck is.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CpuSample {
+    pub bench_cores: f64,
+    pub server_cores: Option<f64>,
+    /// Everything else busy on the machine (other processes, the kernel's
+    /// interrupt work): if this is not near zero, the machine was not quiet
+    /// and the figures are suspect.
+    pub other_cores: Option<f64>,
+}
+
+pub(crate) fn merge(
+    cfg: &LoadConfig,
+    target: String,
+    workload: String,
+    measure_start: Instant,
+    end: Instant,
+    results: Vec<ConnResult>,
+    cpu: Option<CpuSample>,
+) -> Report {
+    let mut hist = new_histogram();
+    let (mut ok, mut rejected, mut failed, mut unsent) = (0, 0, 0, 0);
+    let mut last = None::<Instant>;
+    let mut samples = Vec::new();
+    for r in results {
+        hist.add(&r.hist).expect("histograms share bounds");
+        ok += r.ok;
+        rejected += r.rejected;
+        failed += r.failed;
+        unsent += r.unsent;
+        last = last.max(r.last_done);
+        for s in r.samples {
+            if samples.len() < 10 && !samples.contains(&s) {
+                samples.push(s);
+            }
+        }
+    }
+    // Throughput over the measured window, stretched to the last answer when
+    // ops in flight at the end finished late.
+    let elapsed = last
+        .unwrap_or(end)
+        .max(end)
+        .saturating_duration_since(measure_start);
+    let elapsed_secs = elapsed.as_secs_f64();
+    Report {
+        case: cfg.case.clone(),
+        target,
+        workload,
+        mode: if cfg.rate.is_some() { "open" } else { "closed" },
+        connections: cfg.connections,
+        rate: cfg.rate,
+        warmup_secs: cfg.warmup.as_secs_f64(),
+        duration_secs: cfg.duration.as_secs_f64(),
+        elapsed_secs,
+        ops: ok,
+        errors: rejected + failed,
+        rejected,
+        failed,
+        unsent,
+        ops_per_sec: if elapsed_secs > 0.0 {
+            ok as f64 / elapsed_secs
+        } else {
+            0.0
+        },
+        latency_us: Latency::of(&hist),
+        cpu,
+        error_samples: samples,
+    }
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc`.
+/// `None` where that is not available (not Linux, process gone).
+pub fn cpu_time(pid: Option<u32>) -> Option<Duration> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; 3 is the first after ')'.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks <= 0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / ticks as f64,
+    ))
+}
+
+/// CPU time all CPUs of the machine spent busy so far (`/proc/stat`: all
+/// time but idle and iowait).
+pub fn machine_busy_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is already
+    // counted in user and nice).
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(
+        total.saturating_sub(idle) as f64 / hz as f64,
+    ))
+}
+
+/// CPU used by this process and by `server` between `from` and `to`.
+pub(crate) async fn sample_cpu_over(
+    from: Instant,
+    to: Instant,
+    server: Option<u32>,
+) -> Option<CpuSample> {
+    sleep_until(from).await;
+    let bench0 = cpu_time(None)?;
+    let server0 = server.and_then(|p| cpu_time(Some(p)));
+    let all0 = machine_busy_time();
+    let t0 = Instant::now();
+    sleep_until(to).await;
+    let bench1 = cpu_time(None)?;
+    let server1 = server.and_then(|p| cpu_time(Some(p)));
+    let all1 = machine_busy_time();
+    let wall = t0.elapsed().as_secs_f64();
+    if wall <= 0.0 {
+        return None;
+    }
+    let cores = |a: Duration, b: Duration| b.saturating_sub(a).as_secs_f64() / wall;
+    let bench_cores = cores(bench0, bench1);
+    let server_cores = match (server0, server1) {
+        (Some(a), Some(b)) => Some(cores(a, b)),
+        _ => None,
+    };
+    let other_cores = match (all0, all1) {
+        (Some(a), Some(b)) => {
+            Some((cores(a, b) - bench_cores - server_cores.unwrap_or(0.0)).max(0.0))
+        }
+        _ => None,
+    };
+    Some(CpuSample {
+        bench_cores,
+        server_cores,
+        other_cores,
+    })
+}
+
+/// Microseconds for a table: `87µs`, `1.24ms`, `3.1s`.
+pub fn fmt_us(us: f64) -> String {
+    if us < 1000.0 {
+        format!("{us:.0}µs")
+    } else if us < 1_000_000.0 {
+        format!("{:.2}ms", us / 1000.0)
+    } else {
+        format!("{:.2}s", us / 1_000_000.0)
+    }
+}
+
+/// A plain-text table with a header, columns aligned; also renders as a
+/// Markdown table, so the same output can go into `docs/PERFORMANCE.md`.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            header: header.iter().map(|s| s.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// Markdown with padded columns: readable in a terminal and in a file.
+    pub fn render(&self) -> String {
+        let n = self.header.len();
+        let mut width = vec![3; n];
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            for (i, c) in row.iter().enumerate().take(n) {
+                width[i] = width[i].max(c.chars().count());
+            }
+        }
+        let line = |row: &[String]| {
+            let mut s = String::from("|");
+            for (i, w) in width.iter().enumerate() {
+                let c = row.get(i).map(String::as_str).unwrap_or("");
+                let pad = w - c.chars().count();
+                // First column left-aligned (names), the rest right-aligned (numbers).
+                if i == 0 {
+                    s.push_str(&format!(" {c}{} |", " ".repeat(pad)));
+                } else {
+                    s.push_str(&format!(" {}{c} |", " ".repeat(pad)));
+                }
+            }
+            s.push('\n');
+            s
+        };
+        let mut out = line(&self.header);
+        let mut sep = String::from("|");
+        for (i, w) in width.iter().enumerate() {
+            if i == 0 {
+                sep.push_str(&format!(" {} |", "-".repeat(*w)));
+            } else {
+                sep.push_str(&format!(" {}: |", "-".repeat(w - 1)));
+            }
+        }
+        sep.push('\n');
+        out.push_str(&sep);
+        for row in &self.rows {
+            out.push_str(&line(row));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        assert!(cpu_time(None).is_some());
+        assert!(machine_busy_time().is_some());
+    }
+
+    #[test]
+    fn table_aligns() {
+        let mut t = Table::new(&["case", "ops/s"]);
+        t.row(vec!["a".into(), "12345".into()]);
+        let s = t.render();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines
+            .iter()
+            .all(|l| l.chars().count() == lines[0].chars().count()));
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(fmt_us(87.2), "87µs");
+        assert_eq!(fmt_us(1240.0), "1.24ms");
+    }
+}
