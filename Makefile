@@ -19,7 +19,7 @@ BIN := $(CARGO_TARGET_DIR)/release/dotkv
 # selects the same packages, dev-dependencies included.)
 SELECT := --release --workspace --all-targets
 
-.PHONY: deps build run test fmt lint unit bench bench-crdt clean-data
+.PHONY: deps build run test fmt bench-crdt bench-http
 
 ## deps: install the system packages the build needs, if missing.
 deps:
@@ -43,6 +43,11 @@ test: deps
 ## bench-crdt: the CRDT microbenchmarks against the `crdts` crate.
 bench-crdt: deps
 	$(CARGO) bench -p dotkv-crdt --bench compare
+
+## bench-http: single node over HTTP against a hello-world ceiling, and fsync group commit.
+bench-http: build
+	mkdir -p bench/results
+	$(CARGO_TARGET_DIR)/release/dotkv-bench single-node --json bench/results/single-node-$$(date +%F).json
 
 fmt:
 	$(CARGO) fmt --all

@@ -165,10 +165,18 @@ async fn around(State(node): State<Shared>, req: Request, next: Next) -> Respons
     let is_api = req.uri().path().starts_with("/v1");
     let timeout = Duration::from_millis(node.config.http.request_timeout_ms);
     let resp = async {
+        // The common case takes a free slot without arming a timer.
         let queue_timeout = Duration::from_millis(node.config.http.queue_timeout_ms);
-        let _permit = match tokio::time::timeout(queue_timeout, node.in_flight.acquire()).await {
-            Ok(Ok(p)) => p,
-            _ => {
+        let permit = match node.in_flight.try_acquire() {
+            Ok(p) => Ok(p),
+            Err(_) => match tokio::time::timeout(queue_timeout, node.in_flight.acquire()).await {
+                Ok(Ok(p)) => Ok(p),
+                _ => Err(()),
+            },
+        };
+        let _permit = match permit {
+            Ok(p) => p,
+            Err(()) => {
                 return HttpError(ApiError::new(
                     ErrorCode::NotReady,
                     "too many requests in flight; try again",
