@@ -586,6 +586,16 @@ async fn write(node: &Node, uri: &Uri, ops: Vec<Op>) -> Result<WriteOutcome> {
     }
 }
 
+/// One op as its own write, answered with `{"key"}` and the write's token.
+async fn write_key(node: &Node, uri: &Uri, key: String, op: Op) -> Result<Response> {
+    let outcome = write(node, uri, vec![op]).await?;
+    Ok(reply(
+        StatusCode::OK,
+        &KeyResponse { key },
+        &write_token(&outcome),
+    ))
+}
+
 fn write_token(outcome: &WriteOutcome) -> String {
     token::encode(&outcome.vv)
 }
@@ -676,20 +686,11 @@ async fn object(
     }
     match (t, method.clone()) {
         (_, Method::DELETE) => {
-            let outcome = write(
-                &node,
-                &uri,
-                vec![Op::Delete {
-                    kind: kind_of(t),
-                    key: key.clone(),
-                }],
-            )
-            .await?;
-            Ok(reply(
-                StatusCode::OK,
-                &KeyResponse { key },
-                &write_token(&outcome),
-            ))
+            let op = Op::Delete {
+                kind: kind_of(t),
+                key: key.clone(),
+            };
+            write_key(&node, &uri, key, op).await
         }
         (CrdtType::Counter, Method::GET) => {
             let value = match node.store.counter(&key)? {
@@ -767,12 +768,7 @@ async fn object(
                     json,
                 }
             };
-            let outcome = write(&node, &uri, vec![op]).await?;
-            Ok(reply(
-                StatusCode::OK,
-                &KeyResponse { key },
-                &write_token(&outcome),
-            ))
+            write_key(&node, &uri, key, op).await
         }
         (CrdtType::MvRegister, Method::GET) => {
             let state = node.store.mvregister(&key)?.unwrap_or_default();
@@ -830,21 +826,12 @@ async fn object(
             let body = body_bytes(body, limit)?;
             let req: SetUpdate = parse_object_body(&headers, &body)?;
             let (add, remove) = element_bytes(&node, &req.add, &req.remove)?;
-            let outcome = write(
-                &node,
-                &uri,
-                vec![Op::SetUpdate {
-                    key: key.clone(),
-                    add,
-                    remove,
-                }],
-            )
-            .await?;
-            Ok(reply(
-                StatusCode::OK,
-                &KeyResponse { key },
-                &write_token(&outcome),
-            ))
+            let op = Op::SetUpdate {
+                key: key.clone(),
+                add,
+                remove,
+            };
+            write_key(&node, &uri, key, op).await
         }
         (CrdtType::Flag, Method::GET) => {
             let value = node.store.flag(&key)?.is_some_and(|f| !f.is_bottom());
@@ -854,20 +841,11 @@ async fn object(
         (CrdtType::Flag, Method::POST) => {
             let body = body_bytes(body, limit)?;
             let req: FlagUpdate = parse_object_body(&headers, &body)?;
-            let outcome = write(
-                &node,
-                &uri,
-                vec![Op::FlagSet {
-                    key: key.clone(),
-                    enable: req.enable,
-                }],
-            )
-            .await?;
-            Ok(reply(
-                StatusCode::OK,
-                &KeyResponse { key },
-                &write_token(&outcome),
-            ))
+            let op = Op::FlagSet {
+                key: key.clone(),
+                enable: req.enable,
+            };
+            write_key(&node, &uri, key, op).await
         }
         (t, m) => {
             let allowed = match t {
