@@ -5,6 +5,9 @@
 # outside the checkout, so RocksDB's C++ (about 16 minutes on 2 cores) is compiled
 # once per machine and shared by `make`, tests, benchmarks and CI.
 
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+
 CARGO_TARGET_DIR ?= $(HOME)/.cache/dotkv-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
@@ -38,7 +41,10 @@ test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(SELECT) -- -D warnings
 	$(CARGO) build $(SELECT)
-	$(CARGO) test --release --workspace
+	$(CARGO) test --release --workspace 2>&1 | tee $(CARGO_TARGET_DIR)/last-test.log
+	@# One closing line for the whole run (cargo prints one per test binary,
+	@# the last of which is often a crate's empty doc-test run).
+	@awk '/^test result:/ { p += $$4; f += $$6; s += $$8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' $(CARGO_TARGET_DIR)/last-test.log
 
 ## bench-crdt: the CRDT microbenchmarks against the `crdts` crate.
 bench-crdt: deps
