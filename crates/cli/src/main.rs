@@ -5,6 +5,13 @@
 
 mod command;
 
+/// mimalloc instead of glibc's malloc: under load, malloc and free were about a
+/// tenth of the server's CPU (perf, counter adds at 48k/s), and mimalloc's
+/// per-thread free lists cost less for the many small, short-lived allocations
+/// of request handling.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
