@@ -8,11 +8,14 @@
 //!
 //! In open loop each connection owns an equal share of the rate, with its
 //! sends spaced `connections / rate` apart and staggered between connections.
-//! Latency is measured from when an op was *scheduled*, not from when it was
-//! sent: if the server stalls, the ops that pile up behind the stall are
-//! charged for the wait (the coordinated-omission correction of wrk2 and
-//! HdrHistogram). Closed loop has no schedule, so it measures from the send;
-//! its latencies describe a saturated server, its ops/s the peak.
+//! An op that is due while its connection is still busy is measured from when
+//! it was *scheduled*, not from when it could be sent: if the server stalls,
+//! the ops that pile up behind the stall are charged for the wait (the
+//! coordinated-omission correction of wrk2 and HdrHistogram). An op due on an
+//! idle connection is measured from its actual send, since the only delay
+//! there is the timer's own (tokio's is precise to a millisecond). Closed
+//! loop has no schedule, so it measures from the send; its latencies describe
+//! a saturated server, its ops/s the peak.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,8 +220,18 @@ async fn connection_loop<T: Target, W: Workload>(
                             break;
                         }
                         *next += *interval;
-                        sleep_until(due).await;
-                        due
+                        if due > Instant::now() {
+                            // Ahead of schedule: wait, then measure from the
+                            // actual send. tokio's timer is only precise to a
+                            // millisecond, and that lateness is the
+                            // generator's, not the server's.
+                            sleep_until(due).await;
+                            Instant::now()
+                        } else {
+                            // Behind: the op waited for this connection, and
+                            // that wait counts (coordinated omission).
+                            due
+                        }
                     }
                 };
                 (workload.next_op(&mut ops), intended)
