@@ -22,7 +22,7 @@ BIN := $(CARGO_TARGET_DIR)/release/dotkv
 # selects the same packages, dev-dependencies included.)
 SELECT := --release --workspace --all-targets
 
-.PHONY: deps build run test fmt bench-crdt bench-http
+.PHONY: deps build run test fmt bench-crdt bench-http bench-repl
 
 ## deps: install the system packages the build needs, if missing.
 deps:
@@ -54,6 +54,11 @@ bench-crdt: deps
 bench-http: build
 	mkdir -p bench/results
 	$(CARGO_TARGET_DIR)/release/dotkv-bench single-node --json bench/results/single-node-$$(date +%F).json
+
+## bench-repl: two datacenters through WAN relays: lag, bytes per update, catch-up after a partition.
+bench-repl: build
+	mkdir -p bench/results
+	$(CARGO_TARGET_DIR)/release/dotkv-bench replication --json bench/results/replication-$$(date +%F).json
 
 fmt:
 	$(CARGO) fmt --all

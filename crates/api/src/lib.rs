@@ -13,6 +13,7 @@ pub mod crdt_type;
 pub mod element;
 pub mod error;
 pub mod limits;
+pub mod quic;
 pub mod request;
 pub mod response;
 
@@ -21,6 +22,7 @@ pub use crdt_type::CrdtType;
 pub use element::Element;
 pub use error::{ApiError, ErrorCode};
 pub use limits::{json_len, validate_key, Limits};
+pub use quic::{QuicCodecError, QuicRequest, QuicResponse, QUIC_FORMAT_VERSION};
 pub use request::{
     from_json_body, CounterAdd, FlagUpdate, ListQuery, SetQuery, SetUpdate, WriteLevel, WriteQuery,
 };

@@ -96,11 +96,14 @@ pub struct Status {
 #[serde(default)]
 pub struct PeerStatus {
     pub name: String,
+    pub datacenter: String,
     pub address: String,
     pub connected: bool,
-    /// Delta groups of ours the peer has not acknowledged yet.
+    /// Sequence numbers this node has applied and the peer has not
+    /// acknowledged (one per op: a write of one op is one).
     pub lag_groups: u64,
-    /// Age of the oldest unacknowledged group, in milliseconds.
+    /// Age of the oldest group this node has and the peer has not
+    /// acknowledged, in milliseconds.
     pub lag_ms: u64,
     /// What the peer has acknowledged, by origin node id.
     pub acked: BTreeMap<String, u64>,

@@ -34,6 +34,8 @@ enum Cmd {
     Run(command::run::Args),
     /// dotkv over HTTP vs. the hello ceiling, then fsync group commit.
     SingleNode(command::single_node::Args),
+    /// Two datacenters through WAN relays: lag, bytes per update, catch-up.
+    Replication(command::replication::Args),
 }
 
 fn main() -> Result<()> {
@@ -48,6 +50,7 @@ fn main() -> Result<()> {
             Cmd::Hello(a) => command::hello::run(a).await,
             Cmd::Run(a) => command::run::run(a).await,
             Cmd::SingleNode(a) => command::single_node::run(a).await,
+            Cmd::Replication(a) => command::replication::run(a).await,
         }
     })
 }

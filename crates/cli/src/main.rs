@@ -29,7 +29,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Commands {
-    // ---- Talking to a running node over HTTP: command/*.rs ----
+    // ---- Talking to a running node over HTTP or QUIC: command/*.rs ----
     #[command(flatten)]
     Client(command::ClientCommand),
     //
@@ -40,6 +40,10 @@ enum Commands {
     /// Make the cluster CA and node certificates (mutual TLS between nodes).
     #[command(subcommand)]
     Certs(command::certs::CertsCommand),
+    /// Start a local cluster of real nodes: N datacenters of M nodes on
+    /// 127.0.0.1, with a simulated WAN delay between datacenters. Runs until
+    /// Ctrl-C. Prints `DATACENTER NODE URL` per node (--json: one JSON array).
+    Demo(command::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Commands::Client(command) => command::run_client(command, cli.client),
         Commands::Serve(args) => command::serve::run(args),
         Commands::Certs(command) => command::certs::run(command),
+        Commands::Demo(args) => command::demo::run(args, cli.client.json),
     }
 }
 
@@ -71,6 +76,8 @@ mod tests {
         let cli = parse(&["counter", "get", "k", "--json", "--url", "http://h:1"]).unwrap();
         assert!(cli.client.json);
         assert_eq!(cli.client.url, "http://h:1");
+        assert_eq!(cli.client.quic, None, "HTTP unless --quic");
+        assert_eq!(cli.client.ca, std::path::Path::new("./certs/ca.pem"));
         let cli = parse(&["--w", "dc", "--timeout-ms", "50", "flag", "enable", "f"]).unwrap();
         assert_eq!(cli.client.w.as_deref(), Some("dc"));
         assert_eq!(cli.client.timeout_ms, Some(50));
@@ -91,6 +98,12 @@ mod tests {
             "5",
             "--causal-token",
             "c",
+            "--quic",
+            "h:7701",
+            "--ca",
+            "ca.pem",
+            "--server-name",
+            "n1",
         ];
         let commands: [&[&str]; 20] = [
             &["counter", "get", "k"],
@@ -121,6 +134,8 @@ mod tests {
             let cli = parse(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
             assert!(cli.client.json && cli.client.show_token, "{args:?}");
             assert_eq!(cli.client.causal_token.as_deref(), Some("c"));
+            assert_eq!(cli.client.quic.as_deref(), Some("h:7701"), "{args:?}");
+            assert_eq!(cli.client.server_name.as_deref(), Some("n1"), "{args:?}");
         }
     }
 

@@ -1,8 +1,11 @@
-//! The HTTP client proper: connection pool, request building (paths, query
-//! strings, auth and causal-token headers), timeouts, and decoding of answers
-//! and error answers. One method per operation of the API contract.
+//! The client proper: one method per operation of the API contract, request
+//! building (paths, query strings, auth and causal tokens), timeouts, and
+//! decoding of answers and error answers. How a request travels (HTTP or
+//! QUIC) is the [`Backend`]'s business, so each operation is written once.
 
 use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,19 +13,19 @@ use bytes::Bytes;
 use dotkv_api::{
     ApiError, Batch, BatchResponse, CounterAdd, CounterValue, CrdtType, Element, FlagUpdate,
     FlagValue, KeyList, KeyResponse, MvRegisterValues, RegisterValue, SetContains, SetPage,
-    SetUpdate, Status, API_PREFIX, JSON_CONTENT_TYPE, TOKEN_HEADER,
+    SetUpdate, Status, API_PREFIX,
 };
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use hyper::{Method, Request, Uri};
+use hyper::header::HeaderValue;
+use hyper::{Method, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::backend::{Backend, ExchangeError, HttpBackend, QuicBackend, RawAnswer, RawRequest};
 use crate::encode::{path_segment, Query};
-use crate::error::{error_chain, ClientError};
+use crate::error::ClientError;
 
 /// Default time limit of one request, from sending to the last byte of the answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,10 +81,24 @@ pub struct Page {
     pub after: Option<String>,
 }
 
+/// Where a client sends its requests.
+#[derive(Debug, Clone)]
+enum Target {
+    /// The HTTP API at this URL.
+    Http { base_url: String },
+    /// The QUIC client protocol at this address, whose certificate must be
+    /// valid for `server_name` and signed by the CA in `ca`.
+    Quic {
+        addr: SocketAddr,
+        server_name: String,
+        ca: PathBuf,
+    },
+}
+
 /// Builds a [`Client`] with non-default settings.
 #[derive(Clone)]
 pub struct ClientBuilder {
-    base_url: String,
+    target: Target,
     bearer_token: Option<String>,
     timeout: Duration,
     connect_timeout: Duration,
@@ -93,7 +110,7 @@ pub struct ClientBuilder {
 impl fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientBuilder")
-            .field("base_url", &self.base_url)
+            .field("target", &self.target)
             .field(
                 "bearer_token",
                 &self.bearer_token.as_ref().map(|_| "<hidden>"),
@@ -108,6 +125,18 @@ impl fmt::Debug for ClientBuilder {
 }
 
 impl ClientBuilder {
+    fn new(target: Target) -> ClientBuilder {
+        ClientBuilder {
+            target,
+            bearer_token: None,
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 32,
+            max_response_bytes: 64 * 1024 * 1024,
+        }
+    }
+
     /// Sends `Authorization: Bearer <token>` on every request.
     pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
         self.bearer_token = Some(token.into());
@@ -120,19 +149,20 @@ impl ClientBuilder {
         self
     }
 
-    /// Time limit to open a connection (default 5 s, and never above `timeout`).
+    /// Time limit to open a connection (default 5 s, and never above
+    /// `timeout`); over QUIC it covers the TLS handshake.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
-    /// How long an idle pooled connection is kept (default 90 s).
+    /// How long an idle pooled connection is kept (default 90 s). HTTP only.
     pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
         self.pool_idle_timeout = timeout;
         self
     }
 
-    /// Most idle connections kept to the server (default 32).
+    /// Most idle connections kept to the server (default 32). HTTP only.
     pub fn pool_max_idle_per_host(mut self, max: usize) -> Self {
         self.pool_max_idle_per_host = max;
         self
@@ -144,10 +174,10 @@ impl ClientBuilder {
         self
     }
 
-    /// Checks the settings and builds the client. Must be called inside a
-    /// Tokio runtime only when requests are sent, not here.
+    /// Checks the settings (and, for QUIC, reads the CA certificate) and
+    /// builds the client. A Tokio runtime is needed only when requests are
+    /// sent, not here.
     pub fn build(self) -> Result<Client, ClientError> {
-        let base = parse_base_url(&self.base_url)?;
         let auth = match self.bearer_token {
             None => None,
             Some(token) => {
@@ -161,16 +191,49 @@ impl ClientBuilder {
                 Some(value)
             }
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(self.connect_timeout.min(self.timeout)));
-        let http = HttpClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(self.pool_idle_timeout)
-            .pool_max_idle_per_host(self.pool_max_idle_per_host)
-            .build(connector);
+        let (base, backend) = match self.target {
+            Target::Http { base_url } => {
+                let base = parse_base_url(&base_url)?;
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(self.connect_timeout.min(self.timeout)));
+                let http = HttpClient::builder(TokioExecutor::new())
+                    .pool_idle_timeout(self.pool_idle_timeout)
+                    .pool_max_idle_per_host(self.pool_max_idle_per_host)
+                    .build(connector);
+                let backend = Backend::Http(HttpBackend {
+                    http,
+                    base: base.clone(),
+                });
+                (base, backend)
+            }
+            Target::Quic {
+                addr,
+                server_name,
+                ca,
+            } => {
+                if server_name.is_empty() {
+                    return Err(ClientError::Config(
+                        "the server name (the name the node's certificate must carry) is empty"
+                            .into(),
+                    ));
+                }
+                let tls = dotkv_replication::load_client_trust(&ca)
+                    .map_err(|e| ClientError::Config(e.to_string()))?;
+                let backend = Backend::Quic(QuicBackend::new(
+                    addr,
+                    server_name,
+                    tls,
+                    self.timeout,
+                    self.connect_timeout,
+                    self.max_response_bytes,
+                ));
+                (format!("quic://{addr}"), backend)
+            }
+        };
         Ok(Client {
             inner: Arc::new(Inner {
-                http,
+                backend,
                 base,
                 auth,
                 timeout: self.timeout,
@@ -217,15 +280,18 @@ fn parse_base_url(url: &str) -> Result<String, ClientError> {
     Ok(format!("http://{authority}{prefix}"))
 }
 
-/// A client of one dotkv node. Cheap to clone: clones share the connection pool.
+/// A client of one dotkv node, over HTTP ([`Client::new`]) or QUIC
+/// ([`Client::quic`]). Cheap to clone: clones share the connection pool or
+/// the QUIC connection.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    http: HttpClient<HttpConnector, Full<Bytes>>,
-    /// `http://authority[/prefix]`, no trailing slash.
+    backend: Backend,
+    /// `http://authority[/prefix]` or `quic://addr`, no trailing slash: what
+    /// error messages name.
     base: String,
     auth: Option<HeaderValue>,
     timeout: Duration,
@@ -240,13 +306,6 @@ impl fmt::Debug for Client {
             .field("timeout", &self.inner.timeout)
             .finish()
     }
-}
-
-/// What came back, before decoding.
-struct RawAnswer {
-    status: u16,
-    token: Option<String>,
-    body: Bytes,
 }
 
 /// A request about to be sent.
@@ -268,20 +327,45 @@ impl Client {
 
     /// A builder for a client of the node at `base_url`.
     pub fn builder(base_url: impl Into<String>) -> ClientBuilder {
-        ClientBuilder {
+        ClientBuilder::new(Target::Http {
             base_url: base_url.into(),
-            bearer_token: None,
-            timeout: DEFAULT_TIMEOUT,
-            connect_timeout: Duration::from_secs(5),
-            pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle_per_host: 32,
-            max_response_bytes: 64 * 1024 * 1024,
-        }
+        })
     }
 
-    /// The server URL requests go to, without a trailing slash.
+    /// A client of the node whose QUIC endpoint is `addr`, speaking the QUIC
+    /// client protocol (ALPN `dotkv-client/1`), with default settings. The
+    /// node's certificate must be signed by the CA in `ca_pem` (a PEM file,
+    /// e.g. `certs/ca.pem`) and valid for `server_name`: one of its subject
+    /// alternative names (by default `localhost`, `127.0.0.1` and the node's
+    /// name).
+    pub fn quic(addr: SocketAddr, server_name: &str, ca_pem: &Path) -> Result<Client, ClientError> {
+        Client::quic_builder(addr, server_name, ca_pem).build()
+    }
+
+    /// A builder for a QUIC client; see [`Client::quic`].
+    pub fn quic_builder(
+        addr: SocketAddr,
+        server_name: impl Into<String>,
+        ca_pem: impl Into<PathBuf>,
+    ) -> ClientBuilder {
+        ClientBuilder::new(Target::Quic {
+            addr,
+            server_name: server_name.into(),
+            ca: ca_pem.into(),
+        })
+    }
+
+    /// Where requests go, without a trailing slash: the server URL, or
+    /// `quic://ADDR` for a QUIC client.
     pub fn base_url(&self) -> &str {
         &self.inner.base
+    }
+
+    /// Closes the client's QUIC connection in an orderly way, so the node
+    /// frees it at once instead of after its idle timeout (no-op over HTTP).
+    /// Later requests on this client fail; call it last.
+    pub async fn close(&self) {
+        self.inner.backend.close().await;
     }
 
     // ---- counter ----
@@ -576,15 +660,38 @@ impl Client {
     async fn send(&self, call: Call<'_>) -> Result<RawAnswer, ClientError> {
         let url = format!("{}{}", self.inner.base, call.path);
         let method = call.method.clone();
-        let request = self.build_request(call.method, &url, call.body, call.token)?;
+        let token = call
+            .token
+            .map(|token| {
+                HeaderValue::from_str(token).map_err(|_| {
+                    ClientError::InvalidRequest(
+                        "the causal token must be printable ASCII with no line breaks".into(),
+                    )
+                })
+            })
+            .transpose()?;
+        let request = RawRequest {
+            method: call.method,
+            path: &call.path,
+            body: call.body,
+            token,
+            auth: self.inner.auth.as_ref(),
+        };
         let limit = match call.server_wait {
             Some(wait) => self.inner.timeout.max(wait + SERVER_WAIT_MARGIN),
             None => self.inner.timeout,
         };
         let started = Instant::now();
-        let answer = match tokio::time::timeout(limit, self.exchange(request)).await {
+        let exchange = self
+            .inner
+            .backend
+            .exchange(request, limit, self.inner.max_response_bytes);
+        let answer = match tokio::time::timeout(limit, exchange).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(message)) => {
+            Ok(Err(ExchangeError::Invalid(message))) => {
+                return Err(ClientError::InvalidRequest(message));
+            }
+            Ok(Err(ExchangeError::Transport(message))) => {
                 tracing::debug!(%method, %url, %message, "dotkv request failed");
                 return Err(ClientError::Transport {
                     method: method.to_string(),
@@ -615,70 +722,6 @@ impl Client {
             });
         }
         Ok(answer)
-    }
-
-    fn build_request(
-        &self,
-        method: Method,
-        url: &str,
-        body: Option<Bytes>,
-        token: Option<&str>,
-    ) -> Result<Request<Full<Bytes>>, ClientError> {
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(url)
-            .header(ACCEPT, JSON_CONTENT_TYPE);
-        if let Some(auth) = &self.inner.auth {
-            builder = builder.header(AUTHORIZATION, auth.clone());
-        }
-        if let Some(token) = token {
-            let value = HeaderValue::from_str(token).map_err(|_| {
-                ClientError::InvalidRequest(
-                    "the causal token must be printable ASCII with no line breaks".into(),
-                )
-            })?;
-            builder = builder.header(TOKEN_HEADER, value);
-        }
-        if body.is_some() {
-            builder = builder.header(CONTENT_TYPE, JSON_CONTENT_TYPE);
-        }
-        builder
-            .body(Full::new(body.unwrap_or_default()))
-            .map_err(|e| ClientError::InvalidRequest(format!("cannot build request to {url}: {e}")))
-    }
-
-    /// One request and its whole answer; an error is a transport failure,
-    /// already turned into a message.
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<RawAnswer, String> {
-        let response = self
-            .inner
-            .http
-            .request(request)
-            .await
-            .map_err(|e| error_chain(&e))?;
-        let status = response.status().as_u16();
-        let token = response
-            .headers()
-            .get(TOKEN_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let max = self.inner.max_response_bytes;
-        let body = Limited::new(response.into_body(), max)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    format!("answer body is larger than {max} bytes")
-                } else {
-                    format!("reading the answer body: {}", error_chain(e.as_ref()))
-                }
-            })?
-            .to_bytes();
-        Ok(RawAnswer {
-            status,
-            token,
-            body,
-        })
     }
 }
 
@@ -744,6 +787,21 @@ mod tests {
         // The token never shows in Debug output.
         let builder = Client::builder("http://h").bearer_token("secret");
         assert!(!format!("{builder:?}").contains("secret"));
+    }
+
+    #[test]
+    fn quic_settings_are_checked_at_build() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 7701));
+        let err = Client::quic(addr, "", Path::new("/nonexistent/ca.pem")).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Config(m) if m.contains("server name")),
+            "{err}"
+        );
+        let err = Client::quic(addr, "localhost", Path::new("/nonexistent/ca.pem")).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Config(m) if m.contains("/nonexistent/ca.pem")),
+            "{err}"
+        );
     }
 
     #[test]

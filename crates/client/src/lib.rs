@@ -1,7 +1,10 @@
-//! dotkv-client: an async Rust client of dotkv's HTTP API.
+//! dotkv-client: an async Rust client of dotkv's API, over HTTP or QUIC.
 //!
 //! [`Client`] has one method per operation of the API contract (`DESIGN.md`),
-//! over HTTP/1.1 with a keep-alive connection pool. Every answer comes back as a
+//! over HTTP/1.1 with a keep-alive connection pool ([`Client::new`]), or over
+//! the QUIC client protocol ([`Client::quic`]: ALPN `dotkv-client/1`, one
+//! stream per request, the node's certificate checked against the cluster
+//! CA). Both carry the same requests and answers. Every answer comes back as a
 //! [`Response`] that also carries the answer's causal token (`X-Dotkv-Token`);
 //! pass it in [`ReadOptions::token`] or [`WriteOptions::token`] of a later
 //! request, on any node, to read your writes. Error answers become
@@ -19,6 +22,7 @@
 //! # }
 //! ```
 
+mod backend;
 mod client;
 mod encode;
 mod error;

@@ -38,6 +38,101 @@ pub struct Config {
     pub auth: AuthSection,
     pub consistency: ConsistencySection,
     pub log: LogSection,
+    pub quic: QuicSection,
+    pub replication: ReplicationSection,
+    /// The other nodes of the cluster, every one a full replica. Empty: a
+    /// single node.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// The QUIC endpoint: one UDP port for peers (mutual TLS) and QUIC API
+/// clients, told apart by ALPN. Off unless `cert`, `key` and `ca` are set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuicSection {
+    pub listen: SocketAddr,
+    /// The cluster CA certificate (PEM), from `dotkv certs init`.
+    pub ca: String,
+    /// This node's certificate and key (PEM), from `dotkv certs node`.
+    pub cert: String,
+    pub key: String,
+}
+
+impl Default for QuicSection {
+    fn default() -> Self {
+        QuicSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], dotkv_api::DEFAULT_HTTP_PORT + 1)),
+            ca: String::new(),
+            cert: String::new(),
+            key: String::new(),
+        }
+    }
+}
+
+impl QuicSection {
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty() || !self.key.is_empty() || !self.ca.is_empty()
+    }
+}
+
+/// How delta groups travel between nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationSection {
+    /// A group received from another node is forwarded to a peer only if that
+    /// peer has not acknowledged it this long after it was written (so a
+    /// cut link is bridged, and a healthy mesh carries each group once).
+    pub forward_delay_ms: u64,
+    /// Most often a receiver acknowledges, in milliseconds; it also
+    /// acknowledges at least this often while idle (a heartbeat).
+    pub ack_interval_ms: u64,
+    /// Most groups and bytes in one frame.
+    pub batch_max_groups: usize,
+    pub batch_max_bytes: usize,
+    /// Most groups sent to a peer and not yet acknowledged.
+    pub window_groups: u64,
+    /// Groups received ahead of their dependencies and held until those
+    /// arrive; beyond this they are dropped and sent again later.
+    pub causal_buffer_groups: usize,
+    pub causal_buffer_bytes: usize,
+    /// The delta log keeps groups until every peer has them, but never more
+    /// than this many sequence numbers per origin, nor older than
+    /// `log_max_age_secs`, nor (in total) more than `log_max_bytes`. A peer
+    /// that falls behind these limits catches up by anti-entropy.
+    pub log_max_seqs: u64,
+    pub log_max_bytes: u64,
+    pub log_max_age_secs: u64,
+    /// Pause between attempts to reach a peer that is down, in milliseconds.
+    pub reconnect_ms: u64,
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        ReplicationSection {
+            forward_delay_ms: 500,
+            ack_interval_ms: 10,
+            batch_max_groups: 512,
+            batch_max_bytes: 1 << 20,
+            window_groups: 16_384,
+            causal_buffer_groups: 65_536,
+            causal_buffer_bytes: 64 << 20,
+            log_max_seqs: 10_000_000,
+            log_max_bytes: 1 << 30,
+            log_max_age_secs: 7 * 24 * 3600,
+            reconnect_ms: 500,
+        }
+    }
+}
+
+/// Another node: its name (the common name of its certificate), datacenter,
+/// and the QUIC address this node reaches it at.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    pub datacenter: String,
+    /// host:port of the peer's `quic.listen` (or of a relay in front of it).
+    pub address: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -96,8 +191,6 @@ pub struct StorageSection {
     pub write_queue: usize,
     /// Most requests committed together (one WAL write, one fsync).
     pub max_commit_group: usize,
-    /// Delta-log entries kept per origin when no peer needs them.
-    pub delta_log_retain: u64,
 }
 
 impl Default for StorageSection {
@@ -108,7 +201,6 @@ impl Default for StorageSection {
             write_buffer_mb: 64,
             write_queue: 4096,
             max_commit_group: 512,
-            delta_log_retain: 1_000_000,
         }
     }
 }
@@ -208,6 +300,54 @@ impl Config {
         if self.auth.tokens.iter().any(|t| t.is_empty()) {
             return Err("auth.tokens must not contain an empty token".into());
         }
+        let q = &self.quic;
+        if q.enabled() && (q.cert.is_empty() || q.key.is_empty() || q.ca.is_empty()) {
+            return Err("quic.ca, quic.cert and quic.key must be set together".into());
+        }
+        if !self.peers.is_empty() && !q.enabled() {
+            return Err("peers need the QUIC endpoint: set quic.ca, quic.cert and quic.key".into());
+        }
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        if !name_ok(&self.node.name) || !name_ok(&self.node.datacenter) {
+            return Err(
+                "node.name and node.datacenter must be 1 to 64 of A-Z, a-z, 0-9, '-', '_', '.'"
+                    .into(),
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for p in &self.peers {
+            if !name_ok(&p.name) || !name_ok(&p.datacenter) {
+                return Err(format!(
+                    "peer {:?}: names and datacenters must be 1 to 64 of A-Z, a-z, 0-9, '-', '_', '.'",
+                    p.name
+                ));
+            }
+            if p.name.is_empty() || p.datacenter.is_empty() || p.address.is_empty() {
+                return Err("every peer needs a name, a datacenter and an address".into());
+            }
+            if p.name == self.node.name {
+                return Err(format!("peer {:?} has this node's own name", p.name));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(format!("peer {:?} is listed twice", p.name));
+            }
+        }
+        let r = &self.replication;
+        if r.batch_max_groups == 0
+            || r.batch_max_bytes == 0
+            || r.window_groups == 0
+            || r.causal_buffer_groups == 0
+            || r.ack_interval_ms == 0
+        {
+            return Err(
+                "replication batch, window, buffer and ack interval must be positive".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -304,6 +444,33 @@ mod tests {
             Config::load_with_env(None, bad),
             Err(ConfigError::Env { .. })
         ));
+    }
+
+    #[test]
+    fn peers_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let quic = "[quic]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n";
+        let peer = |name: &str| {
+            format!("[[peers]]\nname = \"{name}\"\ndatacenter = \"dc2\"\naddress = \"h:1\"\n")
+        };
+        let load = |text: String| {
+            std::fs::write(&p, text).unwrap();
+            Config::load_with_env(Some(&p), Vec::new())
+        };
+        let ok = load(format!("{quic}{}{}", peer("b"), peer("c"))).unwrap();
+        assert_eq!(ok.peers.len(), 2);
+        assert!(ok.quic.enabled());
+        for (text, needle) in [
+            (peer("b"), "QUIC"),
+            (format!("{quic}{}{}", peer("b"), peer("b")), "twice"),
+            (format!("{quic}{}", peer("node1")), "own name"),
+            (format!("{quic}{}", peer("b\\\"x")), "names"),
+            ("[quic]\ncert = \"n.pem\"\n".to_string(), "together"),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
     }
 
     #[test]

@@ -19,10 +19,11 @@ use axum::routing::any;
 use axum::Router;
 use dotkv_api::{
     ApiError, Batch, BatchResponse, CounterAdd, CounterValue, CrdtType, Element, ErrorCode,
-    FlagUpdate, FlagValue, KeyList, KeyResponse, KeyedOp, ListQuery, SetContains, SetPage,
-    SetQuery, SetUpdate, Status, ValidOp, WriteLevel, WriteQuery, TOKEN_HEADER,
+    FlagUpdate, FlagValue, KeyList, KeyResponse, KeyedOp, ListQuery, PeerStatus, SetContains,
+    SetPage, SetQuery, SetUpdate, Status, ValidOp, WriteLevel, WriteQuery, TOKEN_HEADER,
 };
 use dotkv_crdt::DotStore;
+use dotkv_replication::Scope;
 use dotkv_storage::{ObjectKind, Op, OpOutput, StorageError, WriteOutcome};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -372,6 +373,9 @@ async fn metrics(State(node): State<Shared>, method: Method) -> Result<Response>
         "Seconds since the node started.",
         node.started.elapsed().as_secs(),
     );
+    if let Some(r) = &node.replicator {
+        r.write_prometheus(&mut out);
+    }
     let mut resp = (StatusCode::OK, out).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -576,13 +580,32 @@ async fn write(node: &Node, uri: &Uri, ops: Vec<Op>) -> Result<WriteOutcome> {
     let q: WriteQuery = query(uri)?;
     // Validated up front, so a bad timeout_ms is refused before anything is
     // applied.
-    let _wait = timeout_of(node, q.timeout_ms)?;
+    let wait = timeout_of(node, q.timeout_ms)?;
     let outcome = node.writer.write(ops).await?;
-    match q.w.unwrap_or_default() {
-        // This node replicates to no one (no peers are configured): its
-        // datacenter and the whole cluster are this node, so the local commit
-        // satisfies every level.
-        WriteLevel::Local | WriteLevel::Dc | WriteLevel::All => Ok(outcome),
+    let scope = match q.w.unwrap_or_default() {
+        WriteLevel::Local => return Ok(outcome),
+        WriteLevel::Dc => Scope::Datacenter,
+        WriteLevel::All => Scope::All,
+    };
+    // Without peers, this node is its datacenter and the whole cluster: the
+    // local commit satisfies every level.
+    let Some(r) = &node.replicator else {
+        return Ok(outcome);
+    };
+    match r.wait_replicated(outcome.last, scope, wait).await {
+        Ok(()) => Ok(outcome),
+        Err(missing) => {
+            // The middleware's token covers the write: it is committed.
+            Err(HttpError(ApiError::timeout(format!(
+                "the write is committed locally but not yet replicated as asked (w={}): after {} ms, still waiting for {}",
+                match scope {
+                    Scope::Datacenter => "dc",
+                    Scope::All => "all",
+                },
+                wait.as_millis(),
+                missing.join(", ")
+            ))))
+        }
     }
 }
 
@@ -931,7 +954,22 @@ async fn status(State(node): State<Shared>, method: Method) -> Result<Response> 
         datacenter: node.config.node.datacenter.clone(),
         node: node.config.node.name.clone(),
         version_vector: c.vv.iter().map(|(r, n)| (r.to_string(), n)).collect(),
-        peers: Vec::new(),
+        peers: node
+            .replicator
+            .as_ref()
+            .map(|r| r.peers())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| PeerStatus {
+                name: p.name,
+                datacenter: p.datacenter,
+                address: p.address,
+                connected: p.connected,
+                lag_groups: p.lag_seqs,
+                lag_ms: p.lag_ms,
+                acked: p.acked.iter().map(|(r, n)| (r.to_string(), n)).collect(),
+            })
+            .collect(),
     };
     Ok(reply(StatusCode::OK, &status, &token::encode(&c.vv)))
 }

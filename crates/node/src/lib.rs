@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod quic_api;
 pub mod token;
 
 pub use config::Config;

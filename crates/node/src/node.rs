@@ -1,12 +1,19 @@
-//! A node's wiring and lifecycle: open the store, start the writer, serve HTTP
-//! until a shutdown signal, then drain requests in flight, stop the writer
-//! (which commits what is queued and syncs the WAL) and return.
+//! A node's wiring and lifecycle: open the store, start the writer, bind the
+//! QUIC endpoint and start replication (when configured), serve HTTP until a
+//! shutdown signal, then drain requests in flight, stop replication and the
+//! transport, stop the writer (which commits what is queued and syncs the
+//! WAL) and return.
 
 use crate::config::Config;
 use crate::http;
 use crate::metrics::Metrics;
+use crate::quic_api::{serve_client_connection, QuicApiLimits};
 use dotkv_api::ApiError;
 use dotkv_crdt::VersionVector;
+use dotkv_replication::{
+    load_node_identity, Alpn, CancellationToken, IncomingConnections, PeerSpec, ReplicationConfig,
+    Replicator, Transport, TransportConfig,
+};
 use dotkv_storage::{Committed, StorageError, Store, StoreOptions, Writer, WriterOptions};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +34,10 @@ pub enum NodeError {
     },
     #[error("http server: {0}")]
     Serve(std::io::Error),
+    #[error("TLS identity: {0}")]
+    Tls(#[from] dotkv_replication::TlsError),
+    #[error("QUIC endpoint: {0}")]
+    Transport(#[from] dotkv_replication::TransportError),
 }
 
 /// Everything a request handler needs.
@@ -38,11 +49,19 @@ pub struct Node {
     pub started: Instant,
     /// Bounds the requests in flight (`http.max_in_flight`).
     pub in_flight: Semaphore,
+    /// Replication with the configured peers, when the QUIC endpoint is on.
+    pub replicator: Option<Replicator>,
+    /// Stops the QUIC endpoint and replication.
+    cancel: CancellationToken,
+    /// Incoming QUIC connections, until [`serve`] takes them.
+    incoming: std::sync::Mutex<Option<IncomingConnections>>,
     ready: AtomicBool,
 }
 
 impl Node {
-    /// Open the store and start the writer.
+    /// Open the store, start the writer and, when `[quic]` is configured,
+    /// bind the QUIC endpoint and start replication. Must run inside a Tokio
+    /// runtime.
     pub fn open(config: Config) -> Result<Arc<Node>, NodeError> {
         let s = &config.storage;
         let store = Store::open(
@@ -58,9 +77,54 @@ impl Node {
                 durability: s.durability,
                 queue_depth: s.write_queue,
                 max_group: s.max_commit_group,
-                log_retain_seqs: s.delta_log_retain,
             },
         )?;
+        let cancel = CancellationToken::new();
+        let (replicator, incoming) = if config.quic.enabled() {
+            let q = &config.quic;
+            let tls = load_node_identity(
+                std::path::Path::new(&q.cert),
+                std::path::Path::new(&q.key),
+                std::path::Path::new(&q.ca),
+            )?;
+            let (transport, incoming) =
+                Transport::bind(q.listen, &tls, TransportConfig::default(), &cancel)?;
+            let r = &config.replication;
+            let cfg = ReplicationConfig {
+                name: config.node.name.clone(),
+                datacenter: config.node.datacenter.clone(),
+                peers: config
+                    .peers
+                    .iter()
+                    .map(|p| PeerSpec {
+                        name: p.name.clone(),
+                        datacenter: p.datacenter.clone(),
+                        address: p.address.clone(),
+                    })
+                    .collect(),
+                forward_delay: Duration::from_millis(r.forward_delay_ms),
+                ack_interval: Duration::from_millis(r.ack_interval_ms),
+                batch_max_groups: r.batch_max_groups,
+                batch_max_bytes: r.batch_max_bytes,
+                window_groups: r.window_groups,
+                causal_buffer_groups: r.causal_buffer_groups,
+                causal_buffer_bytes: r.causal_buffer_bytes,
+                log_max_seqs: r.log_max_seqs,
+                log_max_bytes: r.log_max_bytes,
+                log_max_age: Duration::from_secs(r.log_max_age_secs),
+                reconnect: Duration::from_millis(r.reconnect_ms.max(10)),
+            };
+            let replicator = Replicator::start(
+                cfg,
+                store.clone(),
+                writer.clone(),
+                transport,
+                cancel.clone(),
+            );
+            (Some(replicator), Some(incoming))
+        } else {
+            (None, None)
+        };
         Ok(Arc::new(Node {
             in_flight: Semaphore::new(config.http.max_in_flight.max(1)),
             config,
@@ -68,8 +132,40 @@ impl Node {
             writer,
             metrics: Metrics::new(),
             started: Instant::now(),
+            replicator,
+            cancel,
+            incoming: std::sync::Mutex::new(incoming),
             ready: AtomicBool::new(true),
         }))
+    }
+
+    /// The QUIC endpoint's address, when it is on.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.replicator.as_ref().map(|r| r.transport().local_addr())
+    }
+
+    /// Serve incoming QUIC connections: peers go to replication, API clients
+    /// to the router.
+    fn serve_quic(self: &Arc<Node>, app: axum::Router) {
+        let incoming = self
+            .incoming
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let (Some(mut incoming), Some(replicator)) = (incoming, self.replicator.clone()) else {
+            return;
+        };
+        let limits = QuicApiLimits::from_transport(replicator.transport().config());
+        tokio::spawn(async move {
+            while let Some(conn) = incoming.accept().await {
+                match conn.alpn() {
+                    Alpn::Peer => replicator.accept(conn),
+                    Alpn::Client => {
+                        tokio::spawn(serve_client_connection(app.clone(), conn, limits));
+                    }
+                }
+            }
+        });
     }
 
     pub fn is_ready(&self) -> bool {
@@ -130,6 +226,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     let app = http::router(node.clone());
+    node.serve_quic(app.clone());
     let grace = Duration::from_millis(node.config.http.shutdown_grace_ms);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -148,6 +245,18 @@ pub async fn serve(
         }
     };
     node.ready.store(false, Ordering::Release);
+    if let Some(r) = &node.replicator {
+        // HTTP has drained; let QUIC API requests in flight finish too (they
+        // hold in-flight slots like HTTP requests), within the grace period.
+        let all = node.config.http.max_in_flight.max(1);
+        let deadline = Instant::now() + grace;
+        while node.in_flight.available_permits() < all && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        r.stop();
+        r.transport().shutdown().await;
+    }
+    node.cancel.cancel();
     node.writer.stop().await;
     tracing::info!("stopped");
     result.map_err(NodeError::Serve)
@@ -168,8 +277,12 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         durability = ?node.config.storage.durability,
         "dotkv node serving"
     );
-    // One machine-readable line on stdout, for scripts and tests.
+    // Machine-readable lines on stdout, for scripts and tests.
     println!("dotkv: listening on http://{addr}");
+    if let Some(q) = node.quic_addr() {
+        tracing::info!(addr = %q, peers = node.config.peers.len(), "QUIC endpoint (peers and API clients)");
+        println!("dotkv: quic on {q}");
+    }
     serve(node, listener, shutdown_signal()).await
 }
 

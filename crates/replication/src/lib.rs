@@ -7,11 +7,20 @@
 //!   endpoint, a per-peer connection cache, length-delimited frames with a size
 //!   cap and a timeout on every read, and failure detection by QUIC keep-alives.
 //!
-//! Delta streams, acknowledgements and anti-entropy will sit on top of the
-//! transport as I/O-free state machines.
+//! - [`protocol`]: the peer protocol's messages and the compact wire form of
+//!   delta groups.
+//! - [`causal`]: causal delivery at the receiver (no I/O).
+//! - [`engine`]: the [`Replicator`]: delta streams with acknowledgements and
+//!   forwarding, the inbox that applies remote groups, anti-entropy, delta-log
+//!   retention, write-level waits and replication figures.
 
+pub mod causal;
+pub mod engine;
+pub mod protocol;
 pub mod tls;
 pub mod transport;
+
+pub use engine::{PeerInfo, PeerSpec, ReplicationConfig, Replicator, Scope, SessionError};
 
 pub use tls::{
     default_sans, init_ca, issue_node_cert, load_client_trust, load_node_identity,

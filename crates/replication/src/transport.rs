@@ -831,6 +831,13 @@ fn quic_transport_config(config: &TransportConfig) -> Result<quinn::TransportCon
             None => None,
         };
     quic.max_idle_timeout(idle);
+    // Between datacenters the bandwidth-delay product is large and catch-up
+    // after a partition is a bulk transfer: BBR reaches the link's rate in a
+    // few round trips where loss-based Cubic (quinn's default) grew slowly
+    // through the WAN relays.
+    quic.congestion_controller_factory(
+        std::sync::Arc::new(quinn::congestion::BbrConfig::default()),
+    );
     Ok(quic)
 }
 

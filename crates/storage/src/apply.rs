@@ -362,6 +362,16 @@ impl<C: WallClock> Applier<'_, C> {
         Ok(())
     }
 
+    /// Anti-entropy: join one object's transferred state, given as a delta
+    /// carrying the sender's context.
+    pub(crate) fn merge_op(
+        &mut self,
+        ov: &mut Overlay<'_>,
+        op: &DeltaOp,
+    ) -> Result<(), StorageError> {
+        self.remote_op(ov, op)
+    }
+
     fn remote_op(&mut self, ov: &mut Overlay<'_>, op: &DeltaOp) -> Result<(), StorageError> {
         let vv = &*self.vv;
         match op {

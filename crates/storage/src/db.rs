@@ -17,6 +17,87 @@ pub(crate) const CF_SET_ELEMS: &str = "set_elems";
 pub(crate) const CF_DELTAS: &str = "deltas";
 pub(crate) const CF_META: &str = "meta";
 
+/// Anti-entropy: a row of the replicated state, (space byte + key, value).
+pub type AeRow = (Vec<u8>, Vec<u8>);
+
+/// Anti-entropy key spaces (see [`Store::ae_rows`]).
+pub const AE_OBJECTS: u8 = 0;
+pub const AE_SET_ELEMS: u8 = 1;
+
+/// Anti-entropy: the delta that joins a transferred row into a replica. With
+/// `value` `None` the sender has no such row: whatever the receiver holds
+/// there that the sender's context covers was removed. `ctx` is the
+/// sender's version vector, read before its rows.
+pub fn ae_row_delta(
+    key: &[u8],
+    value: Option<&[u8]>,
+    ctx: &dotkv_crdt::CausalContext,
+) -> Result<Option<crate::DeltaOp>, StorageError> {
+    use crate::DeltaOp;
+    let bad = || StorageError::Corrupt(format!("anti-entropy row key {key:?}"));
+    let (&space, rest) = key.split_first().ok_or_else(bad)?;
+    let ctx = ctx.clone();
+    match space {
+        AE_OBJECTS => {
+            let (kind, k) = keys::parse_object(rest).ok_or_else(bad)?;
+            let key = k.to_string();
+            let raw = value;
+            Ok(match kind {
+                ObjectKind::Counter => match raw {
+                    Some(v) => Some(DeltaOp::Counter {
+                        key,
+                        delta: decode(v).map_err(|e| StorageError::codec("counter", e))?,
+                    }),
+                    // A counter is a join of per-replica maxima: no row adds
+                    // nothing.
+                    None => None,
+                },
+                ObjectKind::Register => Some(DeltaOp::Register {
+                    key,
+                    store: match raw {
+                        Some(v) => decode(v).map_err(|e| StorageError::codec("register", e))?,
+                        None => Default::default(),
+                    },
+                    ctx,
+                }),
+                ObjectKind::MvRegister => Some(DeltaOp::MvRegister {
+                    key,
+                    store: match raw {
+                        Some(v) => decode(v).map_err(|e| StorageError::codec("mvregister", e))?,
+                        None => Default::default(),
+                    },
+                    ctx,
+                }),
+                ObjectKind::Flag => Some(DeltaOp::Flag {
+                    key,
+                    store: match raw {
+                        Some(v) => decode(v).map_err(|e| StorageError::codec("flag", e))?,
+                        None => Default::default(),
+                    },
+                    ctx,
+                }),
+                ObjectKind::Set => None,
+            })
+        }
+        AE_SET_ELEMS => {
+            let (klen, rest2) = rest.split_at_checked(2).ok_or_else(bad)?;
+            let klen = u16::from_be_bytes([klen[0], klen[1]]) as usize;
+            let (k, elem) = rest2.split_at_checked(klen).ok_or_else(bad)?;
+            let key = std::str::from_utf8(k).map_err(|_| bad())?.to_string();
+            let dots: DotSet = match value {
+                Some(v) => decode(v).map_err(|e| StorageError::codec("set element", e))?,
+                None => DotSet::default(),
+            };
+            Ok(Some(crate::DeltaOp::Set {
+                key,
+                elems: vec![(elem.to_vec(), dots)],
+                ctx,
+            }))
+        }
+        _ => Err(bad()),
+    }
+}
+
 /// Tuning knobs for the database.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -331,6 +412,116 @@ impl Store {
         for item in iter.take(limit) {
             let (_, v) = item?;
             out.push(decode(&v).map_err(|e| StorageError::codec("delta group", e))?);
+        }
+        Ok(out)
+    }
+
+    /// The first sequence number of the oldest group of `origin` still in the
+    /// delta log, if any.
+    pub fn log_first(&self, origin: ReplicaId) -> Result<Option<u64>, StorageError> {
+        let start = keys::delta(origin.0, 0);
+        let end = keys::delta(origin.0, u64::MAX);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(end.to_vec());
+        let mut iter = self.db().iterator_cf_opt(
+            self.cf(CF_DELTAS),
+            ro,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        match iter.next() {
+            Some(item) => {
+                let (k, _) = item?;
+                let first = k
+                    .get(8..16)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| StorageError::Corrupt(format!("delta-log key {k:?}")))?;
+                Ok(Some(first))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The group of `origin` that starts at `first`, if it is in the log.
+    pub fn delta_group(
+        &self,
+        origin: ReplicaId,
+        first: u64,
+    ) -> Result<Option<crate::DeltaGroup>, StorageError> {
+        match self
+            .db()
+            .get_pinned_cf(self.cf(CF_DELTAS), keys::delta(origin.0, first))?
+        {
+            Some(v) => Ok(Some(
+                decode(&v).map_err(|e| StorageError::codec("delta group", e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Bytes the delta log takes, estimated by RocksDB (memtables included).
+    pub fn log_bytes(&self) -> u64 {
+        let cf = self.cf(CF_DELTAS);
+        let prop = |name: &str| {
+            self.db()
+                .property_int_value_cf(cf, name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        prop("rocksdb.estimate-live-data-size") + prop("rocksdb.cur-size-all-mem-tables")
+    }
+
+    /// Anti-entropy: the replicated state's rows in one ordered key space,
+    /// from `start` (inclusive) to `end` (exclusive; `None`: to the end), at
+    /// most `limit`. A row key is a space byte ([`AE_OBJECTS`] or
+    /// [`AE_SET_ELEMS`]) and the row's key in its column family. Set count rows
+    /// are derived from the elements, so they are left out.
+    pub fn ae_rows(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<AeRow>, StorageError> {
+        let mut out = Vec::new();
+        for (space, cf) in [(AE_OBJECTS, CF_OBJECTS), (AE_SET_ELEMS, CF_SET_ELEMS)] {
+            let lo: Vec<u8> = match start.split_first() {
+                Some((&s, rest)) if s == space => rest.to_vec(),
+                Some((&s, _)) if s > space => continue,
+                _ => Vec::new(),
+            };
+            let hi: Option<Vec<u8>> = match end.and_then(|e| e.split_first()) {
+                Some((&s, rest)) if s == space => Some(rest.to_vec()),
+                Some((&s, _)) if s < space => break,
+                _ => None,
+            };
+            if let Some(h) = &hi {
+                if h.as_slice() <= lo.as_slice() {
+                    continue;
+                }
+            }
+            let mut ro = ReadOptions::default();
+            if let Some(h) = hi {
+                ro.set_iterate_upper_bound(h);
+            }
+            let iter = self.db().iterator_cf_opt(
+                self.cf(cf),
+                ro,
+                IteratorMode::From(&lo, Direction::Forward),
+            );
+            for item in iter {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let (k, v) = item?;
+                if space == AE_OBJECTS && k.first() == Some(&ObjectKind::Set.tag()) {
+                    continue;
+                }
+                let mut key = Vec::with_capacity(1 + k.len());
+                key.push(space);
+                key.extend_from_slice(&k);
+                out.push((key, v.to_vec()));
+            }
         }
         Ok(out)
     }

@@ -22,7 +22,9 @@ pub mod keys;
 pub mod model;
 pub mod writer;
 
-pub use db::{Store, StoreOptions, StoreStats};
+pub use db::{ae_row_delta, AeRow, Store, StoreOptions, StoreStats, AE_OBJECTS, AE_SET_ELEMS};
 pub use error::StorageError;
 pub use model::{DeltaGroup, DeltaOp, ObjectKind, Op, OpOutput};
-pub use writer::{Committed, Durability, WriteOutcome, Writer, WriterOptions, WriterStats};
+pub use writer::{
+    Committed, Durability, RemoteReply, WriteOutcome, Writer, WriterOptions, WriterStats,
+};

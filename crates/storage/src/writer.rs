@@ -8,7 +8,7 @@
 use crate::apply::{log_group, Applier, Overlay};
 use crate::db::{encode_state, Store, CF_DELTAS, CF_META};
 use crate::keys;
-use crate::model::{DeltaGroup, Op, OpOutput};
+use crate::model::{DeltaGroup, DeltaOp, Op, OpOutput};
 use crate::StorageError;
 use dotkv_crdt::{Hlc, HlcClock, ReplicaId, SystemClock, VersionVector, WallClock};
 use rocksdb::{WriteBatch, WriteOptions};
@@ -38,9 +38,6 @@ pub struct WriterOptions {
     pub queue_depth: usize,
     /// Most requests committed together.
     pub max_group: usize,
-    /// Delta-log entries kept per origin, counted in sequence numbers, when no
-    /// peer needs them.
-    pub log_retain_seqs: u64,
 }
 
 impl Default for WriterOptions {
@@ -49,7 +46,6 @@ impl Default for WriterOptions {
             durability: Durability::Wal,
             queue_depth: 4096,
             max_group: 512,
-            log_retain_seqs: 1_000_000,
         }
     }
 }
@@ -94,8 +90,22 @@ enum Request {
         group: Box<DeltaGroup>,
         reply: oneshot::Sender<Result<bool, StorageError>>,
     },
+    /// Anti-entropy: join transferred state (as deltas with their context),
+    /// then, if given, join the version vector with what the state covers.
+    Merge {
+        ops: Vec<DeltaOp>,
+        join_vv: Option<VersionVector>,
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// Delete the delta-log groups of each origin up to the given sequence.
+    TrimLog {
+        upto: VersionVector,
+    },
     Stop,
 }
+
+/// The pending answer to [`Writer::submit_remote`].
+pub type RemoteReply = oneshot::Receiver<Result<bool, StorageError>>;
 
 /// Handle to the writer thread. Clones share it.
 #[derive(Clone)]
@@ -135,7 +145,6 @@ impl Writer {
             hlc,
             vv_tx,
             stats: stats.clone(),
-            commits_since_trim: 0,
         };
         let thread = std::thread::Builder::new()
             .name("dotkv-writer".into())
@@ -170,6 +179,50 @@ impl Writer {
             .await
             .map_err(|_| StorageError::WriterStopped)?;
         rx.await.map_err(|_| StorageError::WriterStopped)?
+    }
+
+    /// Queue a group from another replica without waiting for it to be
+    /// applied: groups submitted in causal order are applied in that order,
+    /// so a receiver can keep many in flight.
+    pub async fn submit_remote(&self, group: DeltaGroup) -> Result<RemoteReply, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Remote {
+                group: Box::new(group),
+                reply,
+            })
+            .await
+            .map_err(|_| StorageError::WriterStopped)?;
+        Ok(rx)
+    }
+
+    /// Anti-entropy: join state transferred from a peer (`ops`, each with the
+    /// peer's context), and with `join_vv` the version vector too, once the
+    /// whole state it covers has been merged.
+    pub async fn merge(
+        &self,
+        ops: Vec<DeltaOp>,
+        join_vv: Option<VersionVector>,
+    ) -> Result<(), StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Merge {
+                ops,
+                join_vv,
+                reply,
+            })
+            .await
+            .map_err(|_| StorageError::WriterStopped)?;
+        rx.await.map_err(|_| StorageError::WriterStopped)?
+    }
+
+    /// Delete every delta-log group of origin `r` whose sequence numbers are
+    /// all at most `upto[r]`.
+    pub async fn trim_log(&self, upto: VersionVector) -> Result<(), StorageError> {
+        self.tx
+            .send(Request::TrimLog { upto })
+            .await
+            .map_err(|_| StorageError::WriterStopped)
     }
 
     /// The committed version vector, updated after every commit.
@@ -226,7 +279,6 @@ struct Worker<C> {
     hlc: HlcClock<C>,
     vv_tx: watch::Sender<Arc<Committed>>,
     stats: Arc<WriterStats>,
-    commits_since_trim: u32,
 }
 
 enum Reply {
@@ -237,6 +289,10 @@ enum Reply {
     Remote(
         oneshot::Sender<Result<bool, StorageError>>,
         Result<bool, StorageError>,
+    ),
+    Merge(
+        oneshot::Sender<Result<(), StorageError>>,
+        Result<(), StorageError>,
     ),
 }
 
@@ -270,9 +326,26 @@ impl<C: WallClock> Worker<C> {
         let mut replies = Vec::with_capacity(requests.len());
         let mut stop = false;
         let me = store.replica();
+        let mut trim: Option<VersionVector> = None;
         for req in requests {
             match req {
                 Request::Stop => stop = true,
+                Request::TrimLog { upto } => match &mut trim {
+                    Some(t) => dotkv_crdt::Lattice::join(t, &upto),
+                    None => trim = Some(upto),
+                },
+                Request::Merge {
+                    ops,
+                    join_vv,
+                    reply,
+                } => {
+                    let result = self.apply_merge(&mut ov, &mut vv, &ops, join_vv.as_ref());
+                    match &result {
+                        Ok(_) => ov.accept_staged(),
+                        Err(_) => ov.discard_staged(),
+                    }
+                    replies.push(Reply::Merge(reply, result));
+                }
                 Request::Local { ops, reply } => {
                     let result = self.apply_local(&mut ov, &mut vv, me, &ops);
                     match &result {
@@ -291,12 +364,14 @@ impl<C: WallClock> Worker<C> {
                 }
             }
         }
-        let any_ok = replies.iter().any(|r| match r {
-            Reply::Local(_, res) => res.is_ok(),
-            Reply::Remote(_, res) => matches!(res, Ok(true)),
-        });
+        let any_ok = trim.is_some()
+            || replies.iter().any(|r| match r {
+                Reply::Local(_, res) => res.is_ok(),
+                Reply::Remote(_, res) => matches!(res, Ok(true)),
+                Reply::Merge(_, res) => res.is_ok(),
+            });
         let committed = if any_ok {
-            self.write_batch(ov, &vv)
+            self.write_batch(ov, &vv, trim.as_ref())
         } else {
             Ok(())
         };
@@ -341,9 +416,44 @@ impl<C: WallClock> Worker<C> {
                     };
                     let _ = tx.send(res);
                 }
+                Reply::Merge(tx, res) => {
+                    let res = match (res, &committed) {
+                        (Ok(()), Ok(())) => Ok(()),
+                        (Ok(()), Err(e)) => {
+                            Err(StorageError::Corrupt(format!("commit failed: {e}")))
+                        }
+                        (Err(e), _) => Err(e),
+                    };
+                    let _ = tx.send(res);
+                }
             }
         }
         stop
+    }
+
+    fn apply_merge(
+        &mut self,
+        ov: &mut Overlay<'_>,
+        group_vv: &mut VersionVector,
+        ops: &[DeltaOp],
+        join_vv: Option<&VersionVector>,
+    ) -> Result<(), StorageError> {
+        let mut vv = group_vv.clone();
+        {
+            let mut applier = Applier {
+                me: self.store.replica(),
+                vv: &mut vv,
+                hlc: &mut self.hlc,
+            };
+            for op in ops {
+                applier.merge_op(ov, op)?;
+            }
+        }
+        if let Some(j) = join_vv {
+            dotkv_crdt::Lattice::join(&mut vv, j);
+        }
+        *group_vv = vv;
+        Ok(())
     }
 
     fn apply_local(
@@ -427,7 +537,12 @@ impl<C: WallClock> Worker<C> {
         Ok(true)
     }
 
-    fn write_batch(&mut self, ov: Overlay<'_>, vv: &VersionVector) -> Result<(), StorageError> {
+    fn write_batch(
+        &mut self,
+        ov: Overlay<'_>,
+        vv: &VersionVector,
+        trim: Option<&VersionVector>,
+    ) -> Result<(), StorageError> {
         let started = Instant::now();
         let mut batch = WriteBatch::default();
         ov.into_batch(&mut batch);
@@ -435,14 +550,14 @@ impl<C: WallClock> Worker<C> {
         batch.put_cf(meta, keys::META_VV, encode_state("version vector", vv)?);
         let hlc: Hlc = self.hlc.last();
         batch.put_cf(meta, keys::META_HLC, encode_state("hlc", &hlc)?);
-        self.commits_since_trim += 1;
-        if self.commits_since_trim >= 1024 {
-            self.commits_since_trim = 0;
+        if let Some(upto) = trim {
             let deltas = self.store.cf(CF_DELTAS);
-            for (r, c) in vv.iter() {
-                let keep_from = c.saturating_sub(self.opts.log_retain_seqs);
-                if keep_from > 1 {
-                    batch.delete_range_cf(deltas, keys::delta(r.0, 0), keys::delta(r.0, keep_from));
+            for (r, c) in upto.iter() {
+                if c > 0 {
+                    // Groups are keyed by their first sequence number; one that
+                    // starts at or before `c` ends at or before it too, since
+                    // `upto` only names whole groups.
+                    batch.delete_range_cf(deltas, keys::delta(r.0, 0), keys::delta(r.0, c + 1));
                 }
             }
         }

@@ -324,3 +324,91 @@ async fn fsync_durability_commits() {
     assert!(commits <= 64);
     w.stop().await;
 }
+
+#[tokio::test]
+async fn the_log_is_trimmed_to_a_given_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, w) = open(dir.path());
+    let me = store.replica();
+    for i in 0..10 {
+        w.write(vec![add("c", i)]).await.unwrap();
+    }
+    assert_eq!(store.log_first(me).unwrap(), Some(1));
+    w.trim_log(dotkv_crdt::VersionVector::from(vec![(me, 6)]))
+        .await
+        .unwrap();
+    // The trim is committed with the next group; a write forces one.
+    w.write(vec![add("c", 1)]).await.unwrap();
+    assert_eq!(store.log_first(me).unwrap(), Some(7));
+    assert!(store.delta_group(me, 6).unwrap().is_none());
+    assert_eq!(store.delta_group(me, 7).unwrap().unwrap().first, 7);
+    assert_eq!(store.delta_groups(me, 1, 100).unwrap().len(), 5);
+}
+
+/// Anti-entropy's building blocks: the sender's rows, joined at a receiver as
+/// deltas under the sender's version vector, plus the receiver's rows the
+/// sender does not hold, bring the receiver to the sender's state without
+/// losing what the receiver wrote concurrently.
+#[tokio::test]
+async fn state_transfer_joins_rows_under_the_senders_context() {
+    use dotkv_crdt::CausalContext;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, wa) = open(da.path());
+    let (b, wb) = open(db.path());
+    wa.write(vec![set_add("s", &["x", "y"]), add("n", 2)])
+        .await
+        .unwrap();
+    wa.write(vec![Op::RegisterSet {
+        key: "r".into(),
+        json: "1".into(),
+    }])
+    .await
+    .unwrap();
+    // B sees A's first two writes, then A removes y and B concurrently adds z
+    // and writes its own counter.
+    ship(&a, &wb, 1).await;
+    wa.write(vec![set_remove("s", &["y"])]).await.unwrap();
+    wa.write(vec![Op::Delete {
+        kind: ObjectKind::Register,
+        key: "r".into(),
+    }])
+    .await
+    .unwrap();
+    wb.write(vec![set_add("s", &["z"]), add("m", 1)])
+        .await
+        .unwrap();
+    assert_eq!(set_elems(&b, "s"), vec!["x", "y", "z"]);
+
+    // Transfer: A's context first, then its rows; B also offers its own rows
+    // A lacks, as empty rows under A's context.
+    let ctx = wa.committed().borrow().vv.clone();
+    let cctx = CausalContext::from(ctx.clone());
+    let theirs = a.ae_rows(&[], None, 10_000).unwrap();
+    let ours = b.ae_rows(&[], None, 10_000).unwrap();
+    let mut ops = Vec::new();
+    for (k, v) in &theirs {
+        ops.extend(dotkv_storage::ae_row_delta(k, Some(v), &cctx).unwrap());
+    }
+    for (k, _) in &ours {
+        if !theirs.iter().any(|(t, _)| t == k) {
+            ops.extend(dotkv_storage::ae_row_delta(k, None, &cctx).unwrap());
+        }
+    }
+    wb.merge(ops, Some(ctx.clone())).await.unwrap();
+
+    assert_eq!(set_elems(&b, "s"), vec!["x", "z"], "y removed, z kept");
+    assert_eq!(register_value(&b, "r"), None, "the delete reached B");
+    assert_eq!(b.counter("n").unwrap().unwrap().value().unwrap(), 2);
+    assert_eq!(b.counter("m").unwrap().unwrap().value().unwrap(), 1);
+    assert_eq!(b.set_len("s").unwrap(), 2);
+    let vb = wb.committed().borrow().vv.clone();
+    assert!(ctx.leq(&vb), "B covers A's context after the transfer");
+    // Doing it again changes nothing.
+    let theirs2 = a.ae_rows(&[], None, 10_000).unwrap();
+    let ops: Vec<_> = theirs2
+        .iter()
+        .flat_map(|(k, v)| dotkv_storage::ae_row_delta(k, Some(v), &cctx).unwrap())
+        .collect();
+    wb.merge(ops, Some(ctx)).await.unwrap();
+    assert_eq!(set_elems(&b, "s"), vec!["x", "z"]);
+}

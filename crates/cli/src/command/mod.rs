@@ -1,12 +1,14 @@
 //! Client subcommands: the global client flags ([`ClientArgs`]), the tree of
-//! subcommands that talk to a node over HTTP ([`ClientCommand`]), and what
-//! they share: the context built from the flags ([`Ctx`]), output in human or
-//! `--json` form, and the mapping of failures to exit codes.
+//! subcommands that talk to a node over HTTP, or QUIC with `--quic`
+//! ([`ClientCommand`]), and what they share: the context built from the flags
+//! ([`Ctx`]), output in human or `--json` form, and the mapping of failures to
+//! exit codes.
 
 pub mod batch;
 pub mod certs;
 pub mod counter;
 pub mod delete;
+pub mod demo;
 pub mod flag;
 pub mod health;
 pub mod keys;
@@ -18,6 +20,8 @@ pub mod status;
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
@@ -38,6 +42,27 @@ pub struct ClientArgs {
         default_value = "http://127.0.0.1:7700"
     )]
     pub url: String,
+
+    /// Talk to the node's QUIC endpoint at HOST:PORT (the QUIC client
+    /// protocol, ALPN dotkv-client/1) instead of HTTP; --url is then unused.
+    #[arg(long, global = true, env = "DOTKV_QUIC", value_name = "HOST:PORT")]
+    pub quic: Option<String>,
+
+    /// With --quic: the cluster CA certificate (PEM) that must have signed
+    /// the node's certificate.
+    #[arg(
+        long,
+        global = true,
+        env = "DOTKV_CA",
+        value_name = "PATH",
+        default_value = "./certs/ca.pem"
+    )]
+    pub ca: PathBuf,
+
+    /// With --quic: the name the node's certificate must be valid for (one
+    /// of its SANs). Default: the HOST of --quic.
+    #[arg(long, global = true, env = "DOTKV_SERVER_NAME", value_name = "NAME")]
+    pub server_name: Option<String>,
 
     /// API token, sent as `Authorization: Bearer <token>`.
     #[arg(long, global = true, env = "DOTKV_API_TOKEN", hide_env_values = true)]
@@ -134,8 +159,15 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn new(args: ClientArgs) -> Result<Ctx, CliError> {
-        let mut builder = Client::builder(args.url);
+    async fn new(args: ClientArgs) -> Result<Ctx, CliError> {
+        let mut builder = match &args.quic {
+            None => Client::builder(args.url),
+            Some(target) => {
+                let (host, addr) = resolve_quic(target).await?;
+                let server_name = args.server_name.unwrap_or(host);
+                Client::quic_builder(addr, server_name, args.ca)
+            }
+        };
         if let Some(token) = args.token {
             builder = builder.bearer_token(token);
         }
@@ -193,8 +225,11 @@ pub fn run_client(command: ClientCommand, args: ClientArgs) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let ctx = Ctx::new(args)?;
-        dispatch(command, &ctx).await
+        let ctx = Ctx::new(args).await?;
+        let result = dispatch(command, &ctx).await;
+        // Over QUIC, tell the node the connection is done.
+        ctx.client.close().await;
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -222,6 +257,38 @@ async fn dispatch(command: ClientCommand, ctx: &Ctx) -> Result<(), CliError> {
         ClientCommand::Status => status::run(ctx).await,
         ClientCommand::Health => health::run(ctx).await,
     }
+}
+
+/// Splits `--quic HOST:PORT` into the host (the default server name, without
+/// the brackets of an IPv6 address) and a resolved address.
+async fn resolve_quic(target: &str) -> Result<(String, SocketAddr), CliError> {
+    if let Ok(addr) = target.parse::<SocketAddr>() {
+        return Ok((addr.ip().to_string(), addr));
+    }
+    let usage = || {
+        CliError::Usage(format!(
+            "--quic expects HOST:PORT (e.g. 127.0.0.1:7701 or node1.example:7701), got `{target}`"
+        ))
+    };
+    let (host, port) = target.rsplit_once(':').ok_or_else(usage)?;
+    let port: u16 = port.parse().map_err(|_| usage())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(usage());
+    }
+    let unresolved = |message: String| {
+        CliError::Client(ClientError::Transport {
+            method: "CONNECT".into(),
+            url: format!("quic://{target}"),
+            message,
+        })
+    };
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| unresolved(format!("cannot resolve {host}: {e}")))?
+        .next()
+        .ok_or_else(|| unresolved(format!("{host} has no address")))?;
+    Ok((host.to_owned(), addr))
 }
 
 /// Parses a type name for clap: `counter`, `register`, `mvregister`, `set`, `flag`.
