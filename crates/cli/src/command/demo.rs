@@ -554,6 +554,13 @@ async fn run_cluster(
                     urls[exit.index],
                     log_path(dir, &node.name).display()
                 ));
+                stderr_line(&format!(
+                    "demo: to start it again (it catches up with the others): {} serve --config {} (stop it yourself; the demo stops only the nodes it started)",
+                    std::env::current_exe()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| "dotkv".into()),
+                    configs[exit.index].display()
+                ));
                 alive -= 1;
                 if alive == 0 {
                     return Err(DemoError::Failed("every node has exited".into()));
