@@ -380,6 +380,10 @@ pub struct NodeTls {
     policy: Option<ClientCertPolicy>,
     server: Option<Arc<QuicServerConfig>>,
     clients: [Arc<QuicClientConfig>; 2],
+    /// A secret that stays the same across restarts (derived from the node's
+    /// private key), for QUIC stateless resets: a restarted node can tell its
+    /// peers at once that their connections to its previous run are gone.
+    reset_secret: Option<[u8; 32]>,
 }
 
 impl fmt::Debug for NodeTls {
@@ -393,6 +397,14 @@ impl fmt::Debug for NodeTls {
 }
 
 impl NodeTls {
+    /// The key for QUIC stateless resets: the same in every run of this node.
+    pub fn reset_key(&self) -> Option<Arc<dyn quinn::crypto::HmacKey>> {
+        self.reset_secret.map(|s| {
+            Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &s))
+                as Arc<dyn quinn::crypto::HmacKey>
+        })
+    }
+
     /// The common name of this node's certificate; `None` for a client-only
     /// configuration.
     pub fn node_name(&self) -> Option<&str> {
@@ -486,11 +498,20 @@ pub fn load_node_identity_with(
         Ok(Arc::new(QuicClientConfig::try_from(config)?))
     };
 
+    let reset_secret = {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"dotkv quic stateless reset v1\0");
+        ctx.update(private_key.secret_der());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    };
     Ok(NodeTls {
         node_name: common_name(&chain[0]),
         policy: Some(policy),
         server: Some(server),
         clients: [client(Alpn::Peer)?, client(Alpn::Client)?],
+        reset_secret: Some(reset_secret),
     })
 }
 
@@ -517,6 +538,7 @@ pub fn load_client_trust(ca: &Path) -> Result<NodeTls, TlsError> {
         policy: None,
         server: None,
         clients: [client(Alpn::Peer)?, client(Alpn::Client)?],
+        reset_secret: None,
     })
 }
 

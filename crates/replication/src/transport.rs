@@ -256,12 +256,32 @@ impl Transport {
         shutdown: &CancellationToken,
     ) -> Result<(Transport, IncomingConnections)> {
         let quic = Arc::new(quic_transport_config(&config)?);
-        let endpoint = match tls.server_config() {
-            Some(mut server) => {
+        let endpoint = match (tls.server_config(), tls.reset_key()) {
+            (Some(mut server), Some(reset_key)) => {
+                server.transport_config(quic.clone());
+                // A reset key that survives restarts: after a crash, the new
+                // run answers packets of the old run's connections with a
+                // stateless reset the peers can verify, so they reconnect at
+                // once instead of waiting out the idle timeout.
+                let mut endpoint_config = quinn::EndpointConfig::new(reset_key);
+                // Connection ids the new run accepts as its own (quinn's
+                // default generator rejects the old run's, and so never
+                // answers them with a reset).
+                endpoint_config.cid_generator(|| Box::new(RandomCids));
+                std::net::UdpSocket::bind(addr).and_then(|socket| {
+                    quinn::Endpoint::new(
+                        endpoint_config,
+                        Some(server),
+                        socket,
+                        Arc::new(quinn::TokioRuntime),
+                    )
+                })
+            }
+            (Some(mut server), None) => {
                 server.transport_config(quic.clone());
                 quinn::Endpoint::server(server, addr)
             }
-            None => quinn::Endpoint::client(addr),
+            (None, _) => quinn::Endpoint::client(addr),
         }
         .map_err(|source| TransportError::Bind { addr, source })?;
         let clients = Alpn::ALL.map(|alpn| {
@@ -800,6 +820,29 @@ fn frame_error(e: FrameError, addr: SocketAddr, direction: &'static str) -> Tran
             expected,
         },
         FrameError::Io(source) => TransportError::Stream { addr, source },
+    }
+}
+
+/// Random 8-byte connection ids; any id of that length is taken as one of
+/// ours, so a packet for a connection of a previous run gets a stateless
+/// reset.
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut id = [0u8; 8];
+        // The system RNG does not fail on Linux; zeros would still be a
+        // valid (if guessable) id.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+        quinn::ConnectionId::new(&id)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
     }
 }
 
