@@ -77,6 +77,7 @@ impl Node {
                 durability: s.durability,
                 queue_depth: s.write_queue,
                 max_group: s.max_commit_group,
+                log_local_groups: !config.peers.is_empty(),
             },
         )?;
         let cancel = CancellationToken::new();

@@ -38,6 +38,10 @@ pub struct WriterOptions {
     pub queue_depth: usize,
     /// Most requests committed together.
     pub max_group: usize,
+    /// Keep local delta groups in the delta log. A node with no peers has no
+    /// one to ship them to (a peer added later catches up by anti-entropy),
+    /// so it skips the log write.
+    pub log_local_groups: bool,
 }
 
 impl Default for WriterOptions {
@@ -46,6 +50,7 @@ impl Default for WriterOptions {
             durability: Durability::Wal,
             queue_depth: 4096,
             max_group: 512,
+            log_local_groups: true,
         }
     }
 }
@@ -493,7 +498,9 @@ impl<C: WallClock> Worker<C> {
             ts: self.hlc.now(),
             ops: deltas,
         };
-        log_group(ov, &group)?;
+        if self.opts.log_local_groups {
+            log_group(ov, &group)?;
+        }
         *group_vv = vv;
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         Ok((outputs, first, last))
