@@ -45,6 +45,13 @@ test: deps
 	@# One closing line for the whole run (cargo prints one per test binary,
 	@# the last of which is often a crate's empty doc-test run).
 	@awk '/^test result:/ { p += $$4; f += $$6; s += $$8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' $(CARGO_TARGET_DIR)/last-test.log
+	@# The Compose cluster end to end, where a Docker Engine answers.
+	@if docker info >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory test-docker; \
+	else \
+	  echo "test: NOTICE: test-docker skipped: no Docker Engine answers ('docker info' failed)."; \
+	  echo "test: NOTICE: start one (e.g. 'systemctl start docker') and run 'make test-docker'."; \
+	fi
 
 ## bench-crdt: the CRDT microbenchmarks against the `crdts` crate.
 bench-crdt: deps
@@ -59,6 +66,37 @@ bench-http: build
 bench-repl: build
 	mkdir -p bench/results
 	$(CARGO_TARGET_DIR)/release/dotkv-bench replication --json bench/results/replication-$$(date +%F).json
+
+## Docker: the dotkv image and the Compose cluster of three datacenters
+## (docker-compose.yml; README, "Three datacenters with Docker").
+.PHONY: image certs partition heal test-docker
+IMAGE_CONTEXT := $(CARGO_TARGET_DIR)/docker-image
+# Compose v2 (`docker compose`) where the Docker CLI has it, else Compose v1.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+## image: dotkv:latest, FROM scratch (nothing is pulled): the release binaries
+## and what they need at run time, staged by docker/stage-rootfs.sh.
+image: build
+	docker/stage-rootfs.sh $(CARGO_TARGET_DIR)/release $(IMAGE_CONTEXT)
+	docker build -t dotkv:latest $(IMAGE_CONTEXT)
+
+## certs: the Compose cluster's CA and node certificates, into its `certs`
+## volume, without starting it (the first `up` makes them too). Kept until
+## `down -v`.
+certs:
+	$(COMPOSE) run --rm certs
+
+## partition DC=N: cut datacenter dcN of the running Compose cluster off from
+## the others (its WAN relays stop); heal: start every relay again.
+partition:
+	docker/wan.sh partition $(DC)
+heal:
+	docker/wan.sh heal
+
+## test-docker: the Compose cluster end to end as its own Compose project (up,
+## writes at every datacenter, a partition, kill -9, down), about a minute.
+test-docker: image
+	docker/test.py
 
 fmt:
 	$(CARGO) fmt --all
