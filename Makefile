@@ -22,7 +22,7 @@ BIN := $(CARGO_TARGET_DIR)/release/dotkv
 # selects the same packages, dev-dependencies included.)
 SELECT := --release --workspace --all-targets
 
-.PHONY: deps build run test fmt bench-crdt bench-http bench-repl
+.PHONY: deps build run test fmt bench-crdt bench-http bench-repl jepsen jepsen-quick
 
 ## deps: install the system packages the build needs, if missing.
 deps:
@@ -66,6 +66,17 @@ bench-http: build
 bench-repl: build
 	mkdir -p bench/results
 	$(CARGO_TARGET_DIR)/release/dotkv-bench replication --json bench/results/replication-$$(date +%F).json
+
+## jepsen: the fault-injection matrix (every workload under the main nemesis
+## combinations, 60 s each, 3 datacenters x 2 nodes; about 40 minutes), then a
+## summary table. Needs root (network namespaces). Results in store/.
+jepsen: build
+	$(CARGO_TARGET_DIR)/release/dotkv-jepsen matrix --time-limit $${JEPSEN_TIME_LIMIT:-60} --store store
+
+## jepsen-quick: the short suite `make test` also runs (about 5 minutes): set and
+## counter under partitions and kill -9, and the fault switch caught.
+jepsen-quick: build
+	$(CARGO) test --release --workspace --test jepsen_quick -- --nocapture
 
 ## Docker: the dotkv image and the Compose cluster of three datacenters
 ## (docker-compose.yml; README, "Three datacenters with Docker").

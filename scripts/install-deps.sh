@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system packages dotkv's build and tests need, only when missing.
-# RocksDB's bindings need libclang (bindgen) and a C++ compiler.
+# RocksDB's bindings need libclang (bindgen) and a C++ compiler. The fault-injection
+# harness (jepsen/) needs iproute2 (network namespaces) and libfaketime (clock skew).
 set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in libclang-dev clang g++ make pkg-config ccache; do
+for pkg in libclang-dev clang g++ make pkg-config ccache faketime libfaketime iproute2; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 if ! command -v cargo >/dev/null 2>&1; then

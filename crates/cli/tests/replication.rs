@@ -364,6 +364,67 @@ fn a_token_from_one_datacenter_is_honoured_in_another() {
     });
 }
 
+/// A client that carries its latest token from node to node keeps
+/// read-your-writes and monotonic reads: a write waits for the token it is
+/// sent, so its own answer's token covers everything the client saw.
+#[test]
+fn a_session_moving_between_datacenters_keeps_its_writes() {
+    timed("session across nodes", || {
+        let c = Cluster::builder()
+            .datacenters(3, 1)
+            .wan(LinkConditions::delay(100))
+            .start();
+        c.wait_connected();
+        let nodes = ["dc1-n1", "dc2-n1", "dc3-n1"];
+        let mut token = String::new();
+        for i in 0..6 {
+            // Add at one node, carrying the token of the last answer...
+            let at = c.node(nodes[i % 3]);
+            let w = at.req(
+                "POST",
+                "/v1/set/session?timeout_ms=20000",
+                &[("x-dotkv-token", token.as_str())],
+                Some(&format!(r#"{{"add":[{i}]}}"#)),
+            );
+            assert_eq!(w.status, 200, "{}", w.text());
+            token = token_of(&w);
+            // ...then read at the next node with the write's token: every
+            // element added so far is there, though the WAN takes 100 ms.
+            let next = c.node(nodes[(i + 1) % 3]);
+            let r = next.get_with_token("/v1/set/session?timeout_ms=20000", &token);
+            assert_eq!(r.status, 200, "{}", r.text());
+            let have: BTreeSet<i64> = r.json()["elements"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e.as_i64().unwrap())
+                .collect();
+            let want: BTreeSet<i64> = (0..=i as i64).collect();
+            assert_eq!(have, want, "read {i} at {}", nodes[(i + 1) % 3]);
+            token = token_of(&r);
+        }
+        // A write whose token cannot be covered in time answers 504 and
+        // applies nothing.
+        c.isolate("dc1");
+        let w = c
+            .node("dc1-n1")
+            .write_ok("POST", "/v1/set/isolated", Some(r#"{"add":["x"]}"#));
+        let t = token_of(&w);
+        let r = c.node("dc2-n1").req(
+            "POST",
+            "/v1/set/after?timeout_ms=300",
+            &[("x-dotkv-token", t.as_str())],
+            Some(r#"{"add":["y"]}"#),
+        );
+        assert_eq!(r.status, 504, "{}", r.text());
+        assert_eq!(
+            c.node("dc2-n1").get("/v1/set/after").json()["elements"],
+            json!([])
+        );
+        c.heal();
+    });
+}
+
 /// A register's value as an integer, 0 if unset.
 fn reg_int(node: &Node, key: &str) -> Option<i64> {
     let v = node.try_read(&Key::new("register", key))?;

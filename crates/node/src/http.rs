@@ -576,11 +576,16 @@ fn parse_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes)
 }
 
 /// Run ops as one atomic write, then wait for the asked write level.
-async fn write(node: &Node, uri: &Uri, ops: Vec<Op>) -> Result<WriteOutcome> {
+async fn write(node: &Node, uri: &Uri, headers: &HeaderMap, ops: Vec<Op>) -> Result<WriteOutcome> {
     let q: WriteQuery = query(uri)?;
     // Validated up front, so a bad timeout_ms is refused before anything is
     // applied.
     let wait = timeout_of(node, q.timeout_ms)?;
+    // A write carrying a token comes after everything the token names: it
+    // waits for it like a read, so the write depends on what its client has
+    // seen, and its answer's token covers both (session guarantees across
+    // nodes).
+    await_token(node, headers, wait).await?;
     let outcome = node.writer.write(ops).await?;
     let scope = match q.w.unwrap_or_default() {
         WriteLevel::Local => return Ok(outcome),
@@ -610,8 +615,14 @@ async fn write(node: &Node, uri: &Uri, ops: Vec<Op>) -> Result<WriteOutcome> {
 }
 
 /// One op as its own write, answered with `{"key"}` and the write's token.
-async fn write_key(node: &Node, uri: &Uri, key: String, op: Op) -> Result<Response> {
-    let outcome = write(node, uri, vec![op]).await?;
+async fn write_key(
+    node: &Node,
+    uri: &Uri,
+    headers: &HeaderMap,
+    key: String,
+    op: Op,
+) -> Result<Response> {
+    let outcome = write(node, uri, headers, vec![op]).await?;
     Ok(reply(
         StatusCode::OK,
         &KeyResponse { key },
@@ -713,7 +724,7 @@ async fn object(
                 kind: kind_of(t),
                 key: key.clone(),
             };
-            write_key(&node, &uri, key, op).await
+            write_key(&node, &uri, &headers, key, op).await
         }
         (CrdtType::Counter, Method::GET) => {
             let value = match node.store.counter(&key)? {
@@ -734,6 +745,7 @@ async fn object(
             let outcome = write(
                 &node,
                 &uri,
+                &headers,
                 vec![Op::CounterAdd {
                     key: key.clone(),
                     amount: req.add,
@@ -791,7 +803,7 @@ async fn object(
                     json,
                 }
             };
-            write_key(&node, &uri, key, op).await
+            write_key(&node, &uri, &headers, key, op).await
         }
         (CrdtType::MvRegister, Method::GET) => {
             let state = node.store.mvregister(&key)?.unwrap_or_default();
@@ -854,7 +866,7 @@ async fn object(
                 add,
                 remove,
             };
-            write_key(&node, &uri, key, op).await
+            write_key(&node, &uri, &headers, key, op).await
         }
         (CrdtType::Flag, Method::GET) => {
             let value = node.store.flag(&key)?.is_some_and(|f| !f.is_bottom());
@@ -868,7 +880,7 @@ async fn object(
                 key: key.clone(),
                 enable: req.enable,
             };
-            write_key(&node, &uri, key, op).await
+            write_key(&node, &uri, &headers, key, op).await
         }
         (t, m) => {
             let allowed = match t {
@@ -935,7 +947,7 @@ async fn batch(
         .map(|k| to_op(&node, k))
         .collect::<Result<Vec<_>>>()?;
     let applied = ops.len();
-    let outcome = write(&node, &uri, ops).await?;
+    let outcome = write(&node, &uri, &headers, ops).await?;
     Ok(reply(
         StatusCode::OK,
         &BatchResponse { applied },
