@@ -34,7 +34,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// libfaketime from Debian's `libfaketime` package (the multi-threaded build).
@@ -474,5 +474,55 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The local backend as the nemesis sees it: node processes and relays.
+pub struct Local {
+    pub procs: Arc<Procs>,
+    pub relays: Arc<Relays>,
+}
+
+impl crate::nemesis::Cluster for Local {
+    fn partition(&self, connected: &dyn Fn(usize, usize) -> bool) -> Result<()> {
+        self.relays.partition(connected);
+        Ok(())
+    }
+
+    fn set_loss(&self, loss: Option<f64>) -> Result<()> {
+        self.relays.set_loss(|_, _| true, loss);
+        Ok(())
+    }
+
+    fn heal_links(&self) -> Result<()> {
+        self.relays.heal_all();
+        Ok(())
+    }
+
+    fn kill(&self, i: usize) -> Result<()> {
+        self.procs.kill(i);
+        Ok(())
+    }
+
+    fn start(&self, i: usize) -> Result<()> {
+        self.procs.start(i)
+    }
+
+    fn pause(&self, i: usize) -> Result<()> {
+        self.procs.signal(i, libc::SIGSTOP);
+        Ok(())
+    }
+
+    fn resume(&self, i: usize) -> Result<()> {
+        self.procs.signal(i, libc::SIGCONT);
+        Ok(())
+    }
+
+    fn is_running(&self, i: usize) -> bool {
+        self.procs.is_running(i)
+    }
+
+    fn set_clock(&self, i: usize, offset_s: i64) -> Result<()> {
+        self.procs.set_clock(i, offset_s)
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod docker;
 pub mod history;
 pub mod nemesis;
 pub mod netns;

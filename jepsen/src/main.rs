@@ -64,6 +64,19 @@ struct TestArgs {
     /// the API promises is enough) or `join` (the join of all received).
     #[arg(long, default_value = "latest", value_parser = ["latest", "join"])]
     tokens: String,
+    /// Where the nodes run: `local` (processes in network namespaces, needs
+    /// root) or `docker` (the Compose cluster of docker-compose.yml, as its
+    /// own project; nemeses partition (= partition-dc), kill, pause).
+    #[arg(long, value_enum, default_value = "local")]
+    backend: run::Backend,
+    /// The Compose project of `--backend docker` (its containers and volumes
+    /// are removed before and after the run).
+    #[arg(long, default_value = "dotkv-jepsen")]
+    compose_project: String,
+    /// The compose file of `--backend docker` (default: docker-compose.yml in
+    /// the working directory or a parent).
+    #[arg(long)]
+    compose_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -122,6 +135,9 @@ fn test(a: TestArgs) -> Result<bool> {
         wan_jitter_ms: a.wan_jitter_ms,
         convergence_deadline_s: a.convergence_deadline,
         join_tokens: a.tokens == "join",
+        backend: a.backend,
+        compose_project: a.compose_project,
+        compose_file: a.compose_file,
     };
     eprintln!("dotkv-jepsen: seed {seed}");
     let v = run::run_test(&opts)?;

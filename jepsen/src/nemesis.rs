@@ -7,8 +7,11 @@
 //! `stop-<fault>`, `value` = what it did) and in `nemesis.log`. At the end
 //! [`Ctl::heal_all`] heals partitions, restores link conditions, resumes
 //! paused nodes, restarts killed ones and resets clocks.
+//!
+//! The nemesis acts through the [`Cluster`] trait: [`crate::cluster::Local`]
+//! (namespaces, processes, user-space relays) or [`crate::docker::Docker`]
+//! (the Compose cluster of `docker-compose.yml`).
 
-use crate::cluster::{NodeDef, Procs, Relays};
 use crate::history::{Op, OpType, Process, Recorder};
 use anyhow::{bail, Result};
 use rand::rngs::StdRng;
@@ -68,6 +71,80 @@ impl Fault {
     }
 }
 
+/// What a nemesis needs from a cluster under test. Nodes are numbered
+/// `0..n` in the order of [`Ctl::nodes`]. The methods block (the Docker
+/// backend runs `docker` commands); [`Ctl`] calls them from Tokio worker
+/// threads through `block_in_place`.
+pub trait Cluster: Send + Sync {
+    /// Cuts every link between two nodes `connected` says may not talk, and
+    /// heals every other link.
+    fn partition(&self, connected: &dyn Fn(usize, usize) -> bool) -> Result<()>;
+    /// Sets the loss probability of every link, or restores the base
+    /// conditions with `None`.
+    fn set_loss(&self, loss: Option<f64>) -> Result<()>;
+    /// Heals every link and restores its base conditions.
+    fn heal_links(&self) -> Result<()>;
+    /// Kills node `i` with SIGKILL.
+    fn kill(&self, i: usize) -> Result<()>;
+    /// Starts node `i` (no-op if it runs).
+    fn start(&self, i: usize) -> Result<()>;
+    /// Stops node `i` in place (SIGSTOP, `docker pause`).
+    fn pause(&self, i: usize) -> Result<()>;
+    /// Resumes node `i` (no-op unless paused).
+    fn resume(&self, i: usize) -> Result<()>;
+    /// Node `i` is running and may be killed or paused.
+    fn is_running(&self, i: usize) -> bool;
+    /// Sets node `i`'s wall-clock offset in seconds.
+    fn set_clock(&self, i: usize, offset_s: i64) -> Result<()>;
+}
+
+/// A node as the nemesis sees it.
+#[derive(Clone, Debug)]
+pub struct Member {
+    /// `dcD-nN`.
+    pub name: String,
+    /// 1-based datacenter number.
+    pub dc: usize,
+}
+
+/// Runs a blocking cluster operation from async code.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// [`parse`] for the Docker backend: a partition can only cut a whole
+/// datacenter off (its WAN relays stop), so `partition` means
+/// `partition-dc`; `kill` and `pause` work; anything else is refused.
+pub fn parse_docker(list: &str) -> Result<Vec<Fault>> {
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let add = match item {
+            "partition" | "partition-dc" => vec![Fault::PartitionDc],
+            "none" | "kill" | "pause" => parse(item)?,
+            other => {
+                // An unknown name still gets parse's message.
+                parse(other)?;
+                bail!(
+                    "nemesis {other:?} is not supported by the docker backend: it supports \
+                     none, partition (= partition-dc: a datacenter's WAN relays stop), kill \
+                     (docker kill -s SIGKILL, then docker start) and pause (docker pause)"
+                );
+            }
+        };
+        for f in add {
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Parses `partition,kill`: `partition` means every partition shape, `clock`
 /// both clock faults, `all` everything, `none` nothing.
 pub fn parse(list: &str) -> Result<Vec<Fault>> {
@@ -107,9 +184,8 @@ pub fn parse(list: &str) -> Result<Vec<Fault>> {
 
 /// What the nemesis acts on.
 pub struct Ctl {
-    pub nodes: Vec<NodeDef>,
-    pub procs: Arc<Procs>,
-    pub relays: Relays,
+    pub nodes: Vec<Member>,
+    pub cluster: Arc<dyn Cluster>,
     pub clients: Vec<dotkv_client::Client>,
     pub recorder: Arc<Recorder>,
     pub log: Mutex<std::fs::File>,
@@ -125,17 +201,15 @@ struct Active {
 
 impl Ctl {
     pub fn new(
-        nodes: Vec<NodeDef>,
-        procs: Arc<Procs>,
-        relays: Relays,
+        nodes: Vec<Member>,
+        cluster: Arc<dyn Cluster>,
         clients: Vec<dotkv_client::Client>,
         recorder: Arc<Recorder>,
         log: std::fs::File,
     ) -> Ctl {
         Ctl {
             nodes,
-            procs,
-            relays,
+            cluster,
             clients,
             recorder,
             log: Mutex::new(log),
@@ -154,6 +228,22 @@ impl Ctl {
         let _ = log.write_all(line.as_bytes());
     }
 
+    /// Applies a partition; an error is noted (and the fault skipped).
+    fn cut(&self, connected: &dyn Fn(usize, usize) -> bool) -> Option<()> {
+        self.act("partition", blocking(|| self.cluster.partition(connected)))
+    }
+
+    /// Notes a failed cluster operation; `Some(())` if it worked.
+    fn act(&self, what: &str, r: Result<()>) -> Option<()> {
+        match r {
+            Ok(()) => Some(()),
+            Err(e) => {
+                self.note("error", json!(format!("{what}: {e:#}")));
+                None
+            }
+        }
+    }
+
     fn names(&self, idx: &[usize]) -> Vec<String> {
         idx.iter().map(|&i| self.nodes[i].name.clone()).collect()
     }
@@ -167,7 +257,7 @@ impl Ctl {
         let (value, nodes): (Value, Vec<usize>) = match fault {
             Fault::PartitionNode => {
                 let k = perm[0];
-                self.relays.partition(|a, b| (a == k) == (b == k));
+                self.cut(&|a, b| (a == k) == (b == k))?;
                 (json!({"isolated": self.nodes[k].name}), vec![])
             }
             Fault::PartitionDc => {
@@ -177,13 +267,13 @@ impl Ctl {
                 }
                 let d = rng.random_range(1..=dcs);
                 let dc = |i: usize| self.nodes[i].dc == d;
-                self.relays.partition(|a, b| dc(a) == dc(b));
+                self.cut(&|a, b| dc(a) == dc(b))?;
                 (json!({"isolated": format!("dc{d}")}), vec![])
             }
             Fault::PartitionMajority => {
                 let major: Vec<usize> = perm[..n / 2 + 1].to_vec();
                 let m = |i: usize| major.contains(&i);
-                self.relays.partition(|a, b| m(a) == m(b));
+                self.cut(&|a, b| m(a) == m(b))?;
                 let minor: Vec<usize> = perm[n / 2 + 1..].to_vec();
                 (
                     json!({"majority": self.names(&major), "minority": self.names(&minor)}),
@@ -192,10 +282,10 @@ impl Ctl {
             }
             Fault::PartitionRing => {
                 let pos = |i: usize| perm.iter().position(|&x| x == i).unwrap_or(0);
-                self.relays.partition(|a, b| {
+                self.cut(&|a, b| {
                     let d = (pos(a) + n - pos(b)) % n;
                     d <= 1 || d == n - 1
-                });
+                })?;
                 (json!({"ring": self.names(&perm)}), vec![])
             }
             Fault::PartitionBridge => {
@@ -214,27 +304,27 @@ impl Ctl {
                         0
                     }
                 };
-                self.relays.partition(|a, b| side(a) * side(b) != 2);
+                self.cut(&|a, b| side(a) * side(b) != 2)?;
                 (
                     json!({"left": self.names(&left), "bridge": self.nodes[perm[k]].name, "right": self.names(&right)}),
                     vec![],
                 )
             }
             Fault::Kill => {
-                let k = *perm.iter().find(|&&i| self.procs.is_running(i))?;
-                self.procs.kill(k);
+                let k = *perm.iter().find(|&&i| self.cluster.is_running(i))?;
+                self.act("kill", blocking(|| self.cluster.kill(k)))?;
                 (json!({"killed": self.nodes[k].name}), vec![k])
             }
             Fault::Pause => {
-                let k = *perm.iter().find(|&&i| self.procs.is_running(i))?;
-                self.procs.signal(k, libc::SIGSTOP);
+                let k = *perm.iter().find(|&&i| self.cluster.is_running(i))?;
+                self.act("pause", blocking(|| self.cluster.pause(k)))?;
                 (json!({"paused": self.nodes[k].name}), vec![k])
             }
             Fault::ClockBump => {
                 let k = perm[0];
                 let mag: i64 = rng.random_range(5..=300);
                 let off = if rng.random_bool(0.5) { mag } else { -mag };
-                let _ = self.procs.set_clock(k, off);
+                self.act("clock", blocking(|| self.cluster.set_clock(k, off)))?;
                 (
                     json!({"node": self.nodes[k].name, "offset_s": off}),
                     vec![k],
@@ -246,15 +336,15 @@ impl Ctl {
                 let off = if rng.random_bool(0.5) { mag } else { -mag };
                 let stop = Arc::new(AtomicBool::new(false));
                 *self.strobe_stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop.clone());
-                let procs = self.procs.clone();
+                let cluster = self.cluster.clone();
                 tokio::spawn(async move {
                     let mut on = false;
                     while !stop.load(Ordering::Relaxed) {
                         on = !on;
-                        let _ = procs.set_clock(k, if on { off } else { 0 });
+                        let _ = blocking(|| cluster.set_clock(k, if on { off } else { 0 }));
                         tokio::time::sleep(Duration::from_millis(1500)).await;
                     }
-                    let _ = procs.set_clock(k, 0);
+                    let _ = blocking(|| cluster.set_clock(k, 0));
                 });
                 (
                     json!({"node": self.nodes[k].name, "offset_s": off, "period_ms": 1500}),
@@ -263,7 +353,7 @@ impl Ctl {
             }
             Fault::Loss => {
                 let loss = 0.25;
-                self.relays.set_loss(|_, _| true, Some(loss));
+                self.act("loss", blocking(|| self.cluster.set_loss(Some(loss))))?;
                 (json!({"loss": loss, "links": "all"}), vec![])
             }
         };
@@ -278,7 +368,7 @@ impl Ctl {
             | Fault::PartitionMajority
             | Fault::PartitionRing
             | Fault::PartitionBridge => {
-                self.relays.partition(|_, _| true);
+                let _ = self.cut(&|_, _| true);
                 json!("healed")
             }
             Fault::Kill => {
@@ -289,13 +379,13 @@ impl Ctl {
             }
             Fault::Pause => {
                 for &k in &a.nodes {
-                    self.procs.signal(k, libc::SIGCONT);
+                    self.act("resume", blocking(|| self.cluster.resume(k)));
                 }
                 json!({"resumed": self.names(&a.nodes)})
             }
             Fault::ClockBump => {
                 for &k in &a.nodes {
-                    let _ = self.procs.set_clock(k, 0);
+                    self.act("clock", blocking(|| self.cluster.set_clock(k, 0)));
                 }
                 json!({"reset": self.names(&a.nodes)})
             }
@@ -311,7 +401,7 @@ impl Ctl {
                 json!({"reset": self.names(&a.nodes)})
             }
             Fault::Loss => {
-                self.relays.set_loss(|_, _| true, None);
+                self.act("loss", blocking(|| self.cluster.set_loss(None)));
                 json!("restored")
             }
         };
@@ -320,7 +410,7 @@ impl Ctl {
 
     /// Starts node `k` again and waits (up to 60 s) until it answers.
     async fn restart(&self, k: usize) {
-        if let Err(e) = self.procs.start(k) {
+        if let Err(e) = blocking(|| self.cluster.start(k)) {
             self.note(
                 "error",
                 json!(format!("restart {}: {e:#}", self.nodes[k].name)),
@@ -344,11 +434,11 @@ impl Ctl {
         {
             s.store(true, Ordering::Relaxed);
         }
-        self.relays.heal_all();
+        self.act("heal", blocking(|| self.cluster.heal_links()));
         for k in 0..self.nodes.len() {
-            self.procs.signal(k, libc::SIGCONT);
-            let _ = self.procs.set_clock(k, 0);
-            if !self.procs.is_running(k) {
+            self.act("resume", blocking(|| self.cluster.resume(k)));
+            self.act("clock", blocking(|| self.cluster.set_clock(k, 0)));
+            if !self.cluster.is_running(k) {
                 self.restart(k).await;
             }
         }

@@ -9,9 +9,10 @@
 //! between fork and exec.
 
 use crate::checker;
-use crate::cluster::{self, Net, Procs, Relays, Scratch, Spec};
+use crate::cluster::{self, Local, Net, Procs, Relays, Scratch, Spec};
+use crate::docker::{self, Compose, Docker, Project};
 use crate::history::{self, Op, OpType, Process, Recorder};
-use crate::nemesis::{self, Ctl};
+use crate::nemesis::{self, Cluster, Ctl, Member};
 use crate::netns;
 use crate::plot;
 use crate::workload::{self, Shared, Target, Workload};
@@ -47,6 +48,23 @@ pub struct TestOpts {
     pub convergence_deadline_s: u64,
     /// Clients carry the join of their tokens, not the latest one.
     pub join_tokens: bool,
+    /// Where the nodes run.
+    pub backend: Backend,
+    /// The Compose project of the docker backend.
+    pub compose_project: String,
+    /// The compose file of the docker backend (default: `docker-compose.yml`
+    /// in the working directory or a parent).
+    pub compose_file: Option<PathBuf>,
+}
+
+/// Where the nodes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Processes in network namespaces, joined by the harness's relays (root).
+    Local,
+    /// The Compose cluster of docker-compose.yml, as its own project.
+    Docker,
 }
 
 /// What a finished test reports.
@@ -105,13 +123,29 @@ fn sweep() {
 
 /// Runs one test. Call from the main thread before any other thread exists.
 pub fn run_test(opts: &TestOpts) -> Result<Verdict> {
-    let faults = nemesis::parse(&opts.nemesis)?;
-    if !opts.dotkv.exists() {
+    let faults = match opts.backend {
+        Backend::Local => nemesis::parse(&opts.nemesis)?,
+        Backend::Docker => {
+            if opts.datacenters != 3 || opts.nodes_per_dc != 2 || opts.faulty.is_some() {
+                bail!("the docker backend runs docker-compose.yml as it is: 3 datacenters x 2 nodes, no --faulty");
+            }
+            nemesis::parse_docker(&opts.nemesis)?
+        }
+    };
+    if opts.backend == Backend::Local && !opts.dotkv.exists() {
         bail!(
             "no dotkv binary at {} (build it, or pass --dotkv)",
             opts.dotkv.display()
         );
     }
+    // The docker backend's settings are checked before anything is written.
+    let compose = match opts.backend {
+        Backend::Local => None,
+        Backend::Docker => Some(Compose::new(
+            &opts.compose_project,
+            opts.compose_file.as_deref(),
+        )?),
+    };
     let mut dir = opts.store.join(opts.workload.name()).join(timestamp());
     if dir.exists() {
         // Two runs started in the same second.
@@ -123,55 +157,14 @@ pub fn run_test(opts: &TestOpts) -> Result<Verdict> {
     std::fs::write(dir.join("test.json"), serde_json::to_vec_pretty(opts)?)?;
     eprintln!("dotkv-jepsen: {} → {}", opts.workload.name(), dir.display());
 
-    sweep();
-    let id = format!("{}{}", netns::PREFIX, std::process::id());
-    let scratch = Scratch::create(&id)?;
-    let spec = Spec {
-        datacenters: opts.datacenters,
-        nodes_per_dc: opts.nodes_per_dc,
-        dotkv: opts.dotkv.clone(),
-        faulty: opts.faulty.clone(),
-        faketime: faults.iter().any(|f| f.needs_faketime()),
-        wan: LinkConditions {
-            delay_ms: opts.wan_delay_ms,
-            jitter_ms: opts.wan_jitter_ms,
-            duplicate: 0.01,
-            reorder: 0.01,
-            ..LinkConditions::default()
-        },
-        seed: opts.seed,
-        scratch: scratch.path().to_path_buf(),
-        logs: nodes_dir.clone(),
-    };
-    let net = Net::create(&spec).context("creating the network namespaces")?;
-    net.write_configs(&spec)?;
-    let procs = Arc::new(Procs::new(&spec, &net.nodes));
-    netns::enter(&net.hub)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("dotkv-jepsen")
-        .build()?;
     let recorder = Arc::new(Recorder::new(Instant::now()));
-    let outcome = runtime.block_on(async {
-        let body = drive(
-            opts,
-            &spec,
-            &net,
-            procs.clone(),
-            recorder.clone(),
-            &faults,
-            &dir,
-        );
-        tokio::select! {
-            r = body => r,
-            _ = interrupted() => Err(anyhow!("interrupted by a signal")),
-        }
-    });
-    // Stop every task (relays, clients) before the guards kill the nodes and
-    // delete the namespaces.
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    procs.kill_all();
+    let outcome = match opts.backend {
+        Backend::Local => run_local(opts, &faults, &dir, &nodes_dir, &recorder)?,
+        Backend::Docker => match compose {
+            Some(compose) => run_docker(compose, opts, &faults, &dir, &nodes_dir, &recorder),
+            None => Err(anyhow!("no compose project")),
+        },
+    };
 
     let history = recorder.snapshot();
     history::write_jsonl(&dir.join("history.jsonl"), &history)?;
@@ -202,9 +195,6 @@ pub fn run_test(opts: &TestOpts) -> Result<Verdict> {
     if let Err(e) = plot::write_plots(&dir, &history) {
         eprintln!("dotkv-jepsen: plots: {e:#}");
     }
-    drop(procs);
-    drop(net);
-    drop(scratch);
     if let Err(e) = outcome {
         eprintln!("dotkv-jepsen: the run failed: {e:#}");
     }
@@ -213,6 +203,137 @@ pub fn run_test(opts: &TestOpts) -> Result<Verdict> {
         dir,
         results,
     })
+}
+
+/// The local backend: namespaces, processes, relays. Errors before the run
+/// starts are returned; the run's own outcome is the inner result.
+fn run_local(
+    opts: &TestOpts,
+    faults: &[nemesis::Fault],
+    dir: &Path,
+    nodes_dir: &Path,
+    recorder: &Arc<Recorder>,
+) -> Result<Result<()>> {
+    sweep();
+    let id = format!("{}{}", netns::PREFIX, std::process::id());
+    let scratch = Scratch::create(&id)?;
+    let spec = Spec {
+        datacenters: opts.datacenters,
+        nodes_per_dc: opts.nodes_per_dc,
+        dotkv: opts.dotkv.clone(),
+        faulty: opts.faulty.clone(),
+        faketime: faults.iter().any(|f| f.needs_faketime()),
+        wan: LinkConditions {
+            delay_ms: opts.wan_delay_ms,
+            jitter_ms: opts.wan_jitter_ms,
+            duplicate: 0.01,
+            reorder: 0.01,
+            ..LinkConditions::default()
+        },
+        seed: opts.seed,
+        scratch: scratch.path().to_path_buf(),
+        logs: nodes_dir.to_path_buf(),
+    };
+    let net = Net::create(&spec).context("creating the network namespaces")?;
+    net.write_configs(&spec)?;
+    let procs = Arc::new(Procs::new(&spec, &net.nodes));
+    netns::enter(&net.hub)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("dotkv-jepsen")
+        .build()?;
+    let outcome = runtime.block_on(async {
+        let body = drive_local(
+            opts,
+            &spec,
+            &net,
+            procs.clone(),
+            recorder.clone(),
+            faults,
+            dir,
+        );
+        tokio::select! {
+            r = body => r,
+            _ = interrupted() => Err(anyhow!("interrupted by a signal")),
+        }
+    });
+    // Stop every task (relays, clients) before the guards kill the nodes and
+    // delete the namespaces.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    procs.kill_all();
+    drop(procs);
+    drop(net);
+    drop(scratch);
+    Ok(outcome)
+}
+
+/// The docker backend: a Compose project of its own, removed at the end
+/// (also on error and on SIGINT/SIGTERM).
+fn run_docker(
+    compose: Compose,
+    opts: &TestOpts,
+    faults: &[nemesis::Fault],
+    dir: &Path,
+    nodes_dir: &Path,
+    recorder: &Arc<Recorder>,
+) -> Result<()> {
+    eprintln!(
+        "dotkv-jepsen: compose project {} (HTTP on 127.0.0.1 ports {:?})",
+        compose.project, compose.ports
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("dotkv-jepsen")
+        .build()?;
+    // Removes leftovers of an earlier run of this project; from here on,
+    // dropping `project` saves the node logs and runs `down -v`.
+    let project = Project::new(compose, nodes_dir)?;
+    let compose = project.compose.clone();
+    let mut up = runtime.spawn_blocking({
+        let compose = compose.clone();
+        move || compose.run(&["up", "-d"])
+    });
+    let outcome = runtime.block_on(async {
+        let body = async {
+            (&mut up)
+                .await
+                .map_err(|e| anyhow!("compose up: {e}"))?
+                .context("starting the Compose cluster")?;
+            let clients: Vec<Client> = compose
+                .ports
+                .iter()
+                .map(|p| client_for(&format!("http://127.0.0.1:{p}")))
+                .collect::<Result<_>>()?;
+            for c in &clients {
+                cluster::wait_healthy(c, Duration::from_secs(120)).await?;
+            }
+            wait_connected(&clients, Duration::from_secs(90)).await?;
+            let cluster: Arc<dyn Cluster> = Arc::new(Docker::new(compose.clone())?);
+            exercise(
+                opts,
+                docker::members(),
+                clients,
+                cluster,
+                recorder.clone(),
+                faults,
+                dir,
+            )
+            .await
+        };
+        tokio::select! {
+            r = body => r,
+            _ = interrupted() => Err(anyhow!("interrupted by a signal")),
+        }
+    });
+    if !up.is_finished() {
+        // Interrupted during `up`: let it finish, so `down` removes it all.
+        let _ = runtime.block_on(up);
+    }
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    drop(project);
+    outcome
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -282,7 +403,7 @@ async fn wait_converged(clients: &[Client], deadline: Duration) -> Option<Durati
     }
 }
 
-async fn drive(
+async fn drive_local(
     opts: &TestOpts,
     spec: &Spec,
     net: &Net,
@@ -304,9 +425,38 @@ async fn drive(
         cluster::wait_healthy(c, Duration::from_secs(90)).await?;
     }
     wait_connected(&clients, Duration::from_secs(90)).await?;
+    let relays = Arc::new(relays);
+    let members = net
+        .nodes
+        .iter()
+        .map(|n| Member {
+            name: n.name.clone(),
+            dc: n.dc,
+        })
+        .collect();
+    let cluster: Arc<dyn Cluster> = Arc::new(Local {
+        procs,
+        relays: relays.clone(),
+    });
+    let r = exercise(opts, members, clients, cluster, recorder, faults, dir).await;
+    relays.shutdown().await;
+    r
+}
+
+/// Clients and nemesis for the time limit, the heal, convergence and the
+/// final reads, on any backend.
+async fn exercise(
+    opts: &TestOpts,
+    members: Vec<Member>,
+    clients: Vec<Client>,
+    cluster: Arc<dyn Cluster>,
+    recorder: Arc<Recorder>,
+    faults: &[nemesis::Fault],
+    dir: &Path,
+) -> Result<()> {
     eprintln!(
         "dotkv-jepsen: {} nodes up and connected; running {} for {} s, nemesis {:?}",
-        net.nodes.len(),
+        members.len(),
         opts.workload.name(),
         opts.time_limit_s,
         faults.iter().map(|f| f.name()).collect::<Vec<_>>()
@@ -315,8 +465,7 @@ async fn drive(
     let shared = Arc::new(Shared {
         workload: opts.workload,
         recorder: recorder.clone(),
-        targets: net
-            .nodes
+        targets: members
             .iter()
             .zip(&clients)
             .map(|(n, c)| Target {
@@ -331,9 +480,8 @@ async fn drive(
     });
     let log = std::fs::File::create(dir.join("nemesis.log"))?;
     let ctl = Arc::new(Ctl::new(
-        net.nodes.clone(),
-        procs.clone(),
-        relays,
+        members.clone(),
+        cluster,
         clients.clone(),
         recorder.clone(),
         log,
@@ -341,7 +489,7 @@ async fn drive(
     recorder.restart();
     let start = Instant::now();
     let until = start + Duration::from_secs(opts.time_limit_s);
-    let n_clients = opts.concurrency.max(1) * net.nodes.len();
+    let n_clients = opts.concurrency.max(1) * members.len();
     let mut tasks = Vec::new();
     for slot in 0..n_clients {
         tasks.push(tokio::spawn(workload::client_loop(
@@ -395,7 +543,6 @@ async fn drive(
             json!(format!("{failed} node(s) failed their final read")),
         );
     }
-    ctl.relays.shutdown().await;
     Ok(())
 }
 
