@@ -67,6 +67,17 @@ bench-repl: build
 	mkdir -p bench/results
 	$(CARGO_TARGET_DIR)/release/dotkv-bench replication --json bench/results/replication-$$(date +%F).json
 
+## bench: everything side by side in one run (about 10 minutes): dotkv over HTTP and
+## over QUIC against Redis (YCSB A/B/C/F, counters, sets; closed loop, open loop at
+## half of dotkv's peak, fsync), a redis-benchmark cross-check, then the replication
+## cases. Writes bench/results/<date>.json and <date>-latency.png and the generated
+## tables of docs/PERFORMANCE.md. Installs redis-server if missing.
+.PHONY: bench
+bench: build
+	@./crates/bench/scripts/install-bench-deps.sh
+	mkdir -p bench/results
+	$(CARGO_TARGET_DIR)/release/dotkv-bench suite --date $$(date -u +%F)
+
 ## jepsen: the fault-injection matrix (every workload under the main nemesis
 ## combinations, 60 s each, 3 datacenters x 2 nodes; about 40 minutes), then a
 ## summary table. Needs root (network namespaces). Results in store/.

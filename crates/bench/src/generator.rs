@@ -13,9 +13,11 @@
 //! the ops that pile up behind the stall are charged for the wait (the
 //! coordinated-omission correction of wrk2 and HdrHistogram). An op due on an
 //! idle connection is measured from its actual send, since the only delay
-//! there is the timer's own (tokio's is precise to a millisecond). Closed
-//! loop has no schedule, so it measures from the send; its latencies describe
-//! a saturated server, its ops/s the peak.
+//! there is the timer's own. The wait for a due time uses a high-resolution
+//! timer ([`Pacer`]), so sends are spaced as scheduled rather than bunched
+//! into tokio's 1 ms timer ticks. Closed loop has no schedule, so it measures
+//! from the send; its latencies describe a saturated server, its ops/s the
+//! peak.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +25,13 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
+use crate::pacer::{Grid, Pacer};
 use crate::stats::{self, CpuSample, Report};
 use crate::target::{Answer, Connection, Target, TargetError};
 use crate::workload::{Op, OpStream, Workload};
 
+/// Open loop: the default granularity of send times (see [`Grid`]).
+pub const DEFAULT_PACING_QUANTUM: Duration = Duration::from_micros(250);
 /// Longest latency the histograms hold exactly; longer ones are clamped.
 const MAX_LATENCY: Duration = Duration::from_secs(100);
 /// Pause before connecting again after a connection failed, so a dead server
@@ -49,6 +54,17 @@ pub struct LoadConfig {
     /// A server process whose CPU use is reported next to the generator's.
     pub server_pid: Option<u32>,
     pub seed: u64,
+    /// Also report latency percentiles per interval of this length over the
+    /// measured window (latency over time); `None` for the totals only.
+    pub series_interval: Option<Duration>,
+    /// Open loop: wait for due times with tokio's 1 ms timer instead of the
+    /// high-resolution [`Pacer`] (for comparison: sends then go out in
+    /// bursts, one per millisecond).
+    pub coarse_timer: bool,
+    /// Open loop: sends due within this quantum of one another go out
+    /// together (one wake-up of the generator); zero spaces every send as
+    /// scheduled.
+    pub pacing_quantum: Duration,
 }
 
 /// A fresh histogram of latencies in nanoseconds, 3 significant digits.
@@ -73,6 +89,10 @@ pub(crate) struct ConnResult {
     pub last_done: Option<Instant>,
     /// The first error of each kind, for the report.
     pub samples: Vec<String>,
+    /// With a series interval: each successful op's interval (by when it
+    /// was due) and latency in µs, merged into per-interval percentiles
+    /// after the run. Two `u32` per op keeps this cheap on the hot path.
+    pub series: Vec<(u32, u32)>,
 }
 
 impl ConnResult {
@@ -85,6 +105,7 @@ impl ConnResult {
             unsent: 0,
             last_done: None,
             samples: Vec::new(),
+            series: Vec::new(),
         }
     }
 
@@ -186,6 +207,13 @@ async fn connection_loop<T: Target, W: Workload>(
 ) -> ConnResult {
     let mut out = ConnResult::new();
     let mut ops = OpStream::new(index, cfg.seed);
+    let mut pacer = match (&pace, cfg.coarse_timer) {
+        (Some(_), false) => Pacer::new(Grid {
+            origin: window.measure_start,
+            quantum: cfg.pacing_quantum,
+        }),
+        _ => Pacer::Tokio,
+    };
     let mut conn: Option<T::Conn> = None;
     // Ops answered on the current connection: a connection that closes before
     // its first answer means the server refuses us, so back off.
@@ -222,10 +250,9 @@ async fn connection_loop<T: Target, W: Workload>(
                         *next += *interval;
                         if due > Instant::now() {
                             // Ahead of schedule: wait, then measure from the
-                            // actual send. tokio's timer is only precise to a
-                            // millisecond, and that lateness is the
-                            // generator's, not the server's.
-                            sleep_until(due).await;
+                            // actual send. Whatever lateness the timer adds
+                            // is the generator's, not the server's.
+                            pacer.sleep_until(due).await;
                             Instant::now()
                         } else {
                             // Behind: the op waited for this connection, and
@@ -271,10 +298,19 @@ async fn connection_loop<T: Target, W: Workload>(
                 answered_on_conn += 1;
                 if measured {
                     out.ok += 1;
-                    out.hist.saturating_record(
-                        done.saturating_duration_since(intended).as_nanos() as u64
-                    );
+                    let latency = done.saturating_duration_since(intended);
+                    out.hist.saturating_record(latency.as_nanos() as u64);
                     out.last_done = Some(done);
+                    if let Some(every) = cfg.series_interval {
+                        let since = intended.saturating_duration_since(window.measure_start);
+                        // An op whose timer woke just past the end belongs
+                        // to the last interval, not to one of its own.
+                        let last = cfg.duration.as_nanos().div_ceil(every.as_nanos().max(1));
+                        let slot = (since.as_nanos() / every.as_nanos().max(1))
+                            .min(last.saturating_sub(1)) as u32;
+                        let us = latency.as_micros().min(u32::MAX as u128) as u32;
+                        out.series.push((slot, us));
+                    }
                 }
             }
             Ok(Ok(Answer::Rejected { status, detail })) => {

@@ -4,10 +4,13 @@
 //! never linked in), so a benchmark measures what a client sees. The pieces:
 //! [`workload`] says what to send, [`target`] how to send it, [`generator`]
 //! how hard and for how long, [`stats`] what came out, [`process`] keeps the
-//! servers' lifetimes in hand, and [`command`] has one module per subcommand.
+//! servers' lifetimes in hand, [`plot`] draws latency over time as a PNG, and
+//! [`command`] has one module per subcommand.
 
 mod command;
 mod generator;
+mod pacer;
+mod plot;
 mod process;
 mod stats;
 mod target;
@@ -15,6 +18,12 @@ mod workload;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+
+/// mimalloc, as the dotkv server uses: the generator shares the CPU with the
+/// server it measures, and glibc's malloc and free were 5-8 % of its cycles
+/// (perf, QUIC and HTTP clients at 40-50k ops/s).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "dotkv-bench", version, about)]
@@ -36,6 +45,10 @@ enum Cmd {
     SingleNode(command::single_node::Args),
     /// Two datacenters through WAN relays: lag, bytes per update, catch-up.
     Replication(command::replication::Args),
+    /// Everything `make bench` runs: dotkv (HTTP, QUIC) and Redis side by
+    /// side (YCSB A/B/C/F, counters, sets; closed and open loop; fsync), then
+    /// replication; writes JSON, a PNG plot and docs/PERFORMANCE.md's tables.
+    Suite(command::suite::Args),
 }
 
 fn main() -> Result<()> {
@@ -51,6 +64,7 @@ fn main() -> Result<()> {
             Cmd::Run(a) => command::run::run(a).await,
             Cmd::SingleNode(a) => command::single_node::run(a).await,
             Cmd::Replication(a) => command::replication::run(a).await,
+            Cmd::Suite(a) => command::suite::run(a).await,
         }
     })
 }

@@ -38,8 +38,12 @@ pub struct Spawn<'a> {
     pub program: &'a Path,
     pub args: Vec<OsString>,
     /// Its stdout line that announces readiness is this prefix then the
-    /// address, e.g. `dotkv: listening on http://`.
+    /// address, e.g. `dotkv: listening on http://`. With `known_addr`, any
+    /// stdout line that contains this text (e.g. Redis's `Ready to accept
+    /// connections`).
     pub ready_prefix: &'a str,
+    /// The address, when the server is told it rather than announcing it.
+    pub known_addr: Option<SocketAddr>,
     /// Longest wait for that line.
     pub ready_within: Duration,
     /// Where its stderr goes; `None` inherits ours.
@@ -92,7 +96,13 @@ impl Server {
             log: s.log,
         };
         let deadline = Instant::now() + s.ready_within;
-        match timeout_at(deadline, wait_for_address(stdout, s.ready_prefix)).await {
+        let ready = async {
+            match s.known_addr {
+                Some(addr) => wait_for_line(stdout, s.ready_prefix).await.map(|()| addr),
+                None => wait_for_address(stdout, s.ready_prefix).await,
+            }
+        };
+        match timeout_at(deadline, ready).await {
             Ok(Ok(addr)) => {
                 server.addr = addr;
                 Ok(server)
@@ -187,4 +197,16 @@ async fn wait_for_address(
         }
     }
     bail!("its stdout closed before it printed `{prefix}ADDR`")
+}
+
+/// Read stdout until a line contains `text`, then keep draining it.
+async fn wait_for_line(stdout: impl AsyncRead + Unpin + Send + 'static, text: &str) -> Result<()> {
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.contains(text) {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok(());
+        }
+    }
+    bail!("its stdout closed before it printed a line with `{text}`")
 }

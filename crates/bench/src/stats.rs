@@ -42,6 +42,21 @@ pub struct Report {
     pub cpu: Option<CpuSample>,
     /// The first errors seen, a few per connection at most.
     pub error_samples: Vec<String>,
+    /// Latency over time, one point per series interval (empty unless asked).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<SeriesPoint>,
+}
+
+/// Latency of the successful ops due in one interval of the measured window.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesPoint {
+    /// Start of the interval, in seconds from the start of the window.
+    pub t_secs: f64,
+    pub ops: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
 }
 
 /// Latency percentiles in microseconds.
@@ -86,10 +101,16 @@ impl Latency {
 pub struct CpuSample {
     pub bench_cores: f64,
     pub server_cores: Option<f64>,
-    /// Everything else busy on the machine (other processes, the kernel's
-    /// interrupt work): if this is not near zero, the machine was not quiet
+    /// Everything else busy on the machine but interrupt work and steal:
+    /// other processes. If this is not near zero, the machine was not quiet
     /// and the figures are suspect.
     pub other_cores: Option<f64>,
+    /// The kernel's interrupt and softirq work (`/proc/stat` irq + softirq),
+    /// much of it the network stack's receive path (loopback included),
+    /// which serves both the generator and the server.
+    pub irq_cores: Option<f64>,
+    /// Time the hypervisor gave to other guests (`/proc/stat` steal).
+    pub steal_cores: Option<f64>,
 }
 
 pub(crate) fn merge(
@@ -105,6 +126,7 @@ pub(crate) fn merge(
     let (mut ok, mut rejected, mut failed, mut unsent) = (0, 0, 0, 0);
     let mut last = None::<Instant>;
     let mut samples = Vec::new();
+    let series = merge_series(cfg, &results);
     for r in results {
         hist.add(&r.hist).expect("histograms share bounds");
         ok += r.ok;
@@ -148,7 +170,50 @@ pub(crate) fn merge(
         latency_us: Latency::of(&hist),
         cpu,
         error_samples: samples,
+        series,
     }
+}
+
+/// Per-interval percentiles from every connection's `(interval, µs)` pairs.
+fn merge_series(cfg: &LoadConfig, results: &[ConnResult]) -> Vec<SeriesPoint> {
+    let Some(every) = cfg.series_interval else {
+        return Vec::new();
+    };
+    let slots = results
+        .iter()
+        .flat_map(|r| r.series.iter().map(|(slot, _)| *slot as usize + 1))
+        .max()
+        .unwrap_or(0);
+    // Microseconds, 1 µs to 100 s, 3 significant digits.
+    let mut hists: Vec<Histogram<u64>> = (0..slots)
+        .map(|_| Histogram::new_with_bounds(1, 100_000_000, 3).expect("constant bounds"))
+        .collect();
+    for r in results {
+        for &(slot, us) in &r.series {
+            hists[slot as usize].saturating_record(u64::from(us.max(1)));
+        }
+    }
+    hists
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let q = |q: f64| {
+                if h.is_empty() {
+                    0.0
+                } else {
+                    h.value_at_quantile(q) as f64
+                }
+            };
+            SeriesPoint {
+                t_secs: i as f64 * every.as_secs_f64(),
+                ops: h.len(),
+                p50_us: q(0.50),
+                p99_us: q(0.99),
+                p999_us: q(0.999),
+                max_us: if h.is_empty() { 0.0 } else { h.max() as f64 },
+            }
+        })
+        .collect()
 }
 
 /// CPU time (user + system) a process has used so far, from `/proc`.
@@ -173,6 +238,40 @@ pub fn cpu_time(pid: Option<u32>) -> Option<Duration> {
     Some(Duration::from_secs_f64(
         (utime + stime) as f64 / ticks as f64,
     ))
+}
+
+/// CPU time all CPUs of the machine spent so far, from `/proc/stat`.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineTimes {
+    /// All time but idle and iowait.
+    pub busy: Duration,
+    /// irq + softirq.
+    pub irq: Duration,
+    pub steal: Duration,
+}
+
+pub fn machine_times() -> Option<MachineTimes> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 || ticks.len() < 8 {
+        return None;
+    }
+    let secs = |t: u64| Duration::from_secs_f64(t as f64 / hz as f64);
+    // user nice system idle iowait irq softirq steal (guest time is already
+    // counted in user and nice).
+    let total: u64 = ticks.iter().take(8).sum();
+    Some(MachineTimes {
+        busy: secs(total.saturating_sub(ticks[3] + ticks[4])),
+        irq: secs(ticks[5] + ticks[6]),
+        steal: secs(ticks[7]),
+    })
 }
 
 /// CPU time all CPUs of the machine spent busy so far (`/proc/stat`: all
@@ -208,12 +307,12 @@ pub(crate) async fn sample_cpu_over(
     sleep_until(from).await;
     let bench0 = cpu_time(None)?;
     let server0 = server.and_then(|p| cpu_time(Some(p)));
-    let all0 = machine_busy_time();
+    let all0 = machine_times();
     let t0 = Instant::now();
     sleep_until(to).await;
     let bench1 = cpu_time(None)?;
     let server1 = server.and_then(|p| cpu_time(Some(p)));
-    let all1 = machine_busy_time();
+    let all1 = machine_times();
     let wall = t0.elapsed().as_secs_f64();
     if wall <= 0.0 {
         return None;
@@ -224,16 +323,22 @@ pub(crate) async fn sample_cpu_over(
         (Some(a), Some(b)) => Some(cores(a, b)),
         _ => None,
     };
-    let other_cores = match (all0, all1) {
-        (Some(a), Some(b)) => {
-            Some((cores(a, b) - bench_cores - server_cores.unwrap_or(0.0)).max(0.0))
-        }
-        _ => None,
-    };
+    let (mut other_cores, mut irq_cores, mut steal_cores) = (None, None, None);
+    if let (Some(a), Some(b)) = (all0, all1) {
+        let irq = cores(a.irq, b.irq);
+        let steal = cores(a.steal, b.steal);
+        let busy = cores(a.busy, b.busy);
+        other_cores =
+            Some((busy - irq - steal - bench_cores - server_cores.unwrap_or(0.0)).max(0.0));
+        irq_cores = Some(irq);
+        steal_cores = Some(steal);
+    }
     Some(CpuSample {
         bench_cores,
         server_cores,
         other_cores,
+        irq_cores,
+        steal_cores,
     })
 }
 
@@ -317,6 +422,8 @@ mod tests {
     fn own_cpu_time_is_readable() {
         assert!(cpu_time(None).is_some());
         assert!(machine_busy_time().is_some());
+        let t = machine_times().unwrap();
+        assert!(t.busy >= t.irq);
     }
 
     #[test]

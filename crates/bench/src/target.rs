@@ -2,11 +2,14 @@
 //!
 //! A [`Target`] opens [`Connection`]s; each connection runs one op at a time
 //! (no pipelining), so the load generator controls concurrency exactly through
-//! the number of connections. Today there is one target, [`HttpTarget`]: one
-//! HTTP/1.1 keep-alive connection per [`Connection`], made with hyper's
-//! low-level `client::conn::http1` handshake on a plain `TcpStream`, with no
-//! pool in between, so what is measured is the server and the wire. QUIC (the
-//! dotkv client protocol) and RESP (Redis) will be more implementations.
+//! the number of connections. Three targets:
+//!
+//! - [`HttpTarget`]: one HTTP/1.1 keep-alive connection per [`Connection`],
+//!   made with hyper's low-level `client::conn::http1` handshake on a plain
+//!   `TcpStream`, with no pool in between, so what is measured is the server
+//!   and the wire;
+//! - [`quic::QuicTarget`]: dotkv's QUIC client protocol, one stream per op;
+//! - [`resp::RedisTarget`]: Redis over RESP, one TCP connection each.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +25,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::workload::Op;
+
+pub mod quic;
+pub mod resp;
 
 /// What went wrong talking to a target. Any of these leaves the connection
 /// unusable, so the generator drops it and connects again.
@@ -48,6 +54,16 @@ pub enum TargetError {
     NotSent,
     #[error("building request: {0}")]
     Build(#[from] hyper::http::Error),
+    #[error("connection I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("QUIC: {0}")]
+    Quic(#[from] dotkv_replication::TransportError),
+    /// The server broke the protocol (an unreadable answer).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The op cannot be expressed for this target.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// The target's verdict on one op.
@@ -55,7 +71,8 @@ pub enum TargetError {
 pub enum Answer {
     /// The op succeeded (HTTP 2xx).
     Ok,
-    /// The server answered, but with an error (HTTP non-2xx). Counted as an
+    /// The server answered, but with an error (HTTP non-2xx; for Redis, an
+    /// error reply as status 0, or a missing key as 404). Counted as an
     /// error, never as a success.
     Rejected { status: u16, detail: String },
 }
@@ -183,6 +200,38 @@ async fn round_trip(
 
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
 
+/// How an op looks in dotkv's API (over HTTP, and in the QUIC envelope):
+/// method, path and JSON body. Keys are `bench-{n}` in each type's namespace.
+pub(crate) fn rest_form(op: &Op) -> Result<(Method, String, Option<Bytes>), TargetError> {
+    Ok(match op {
+        Op::Ping => (Method::GET, "/".to_owned(), None),
+        Op::CounterAdd { key, delta } => (
+            Method::POST,
+            format!("/v1/counter/bench-{key}"),
+            Some(Bytes::from(format!("{{\"add\":{delta}}}"))),
+        ),
+        Op::RegisterPut { key, value } => (
+            Method::PUT,
+            format!("/v1/register/bench-{key}"),
+            Some(value.clone()),
+        ),
+        Op::RegisterGet { key } => (Method::GET, format!("/v1/register/bench-{key}"), None),
+        Op::SetAdd { key, element } => {
+            let element = serde_json::to_string(element).expect("a string always serializes");
+            (
+                Method::POST,
+                format!("/v1/set/bench-{key}"),
+                Some(Bytes::from(format!("{{\"add\":[{element}]}}"))),
+            )
+        }
+        Op::ReadModifyWrite { .. } => {
+            return Err(TargetError::Unsupported(
+                "a read-modify-write is two requests".into(),
+            ))
+        }
+    })
+}
+
 impl HttpConnection {
     /// `GET path` outside any workload (health checks, metrics): the status
     /// code and the body.
@@ -196,54 +245,56 @@ impl HttpConnection {
         Ok((status.as_u16(), body))
     }
 
-    fn request(&self, op: &Op) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
-        let (method, path, body) = match op {
-            Op::Ping => (Method::GET, "/".to_owned(), None),
-            Op::CounterAdd { key, delta } => (
-                Method::POST,
-                format!("/v1/counter/bench-{key}"),
-                Some(Bytes::from(format!("{{\"add\":{delta}}}"))),
-            ),
-            Op::RegisterPut { key, value } => (
-                Method::PUT,
-                format!("/v1/register/bench-{key}"),
-                Some(value.clone()),
-            ),
-            Op::RegisterGet { key } => (Method::GET, format!("/v1/register/bench-{key}"), None),
-            Op::SetAdd { key, element } => {
-                let element = serde_json::to_string(element).expect("a string always serializes");
-                (
-                    Method::POST,
-                    format!("/v1/set/bench-{key}"),
-                    Some(Bytes::from(format!("{{\"add\":[{element}]}}"))),
-                )
-            }
-        };
+    fn request(&self, op: &Op) -> Result<Request<Full<Bytes>>, TargetError> {
+        let (method, path, body) = rest_form(op)?;
         let builder = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, self.host.clone());
-        match body {
+        Ok(match body {
             Some(body) => builder
                 .header(CONTENT_TYPE, JSON.clone())
                 .body(Full::new(body)),
             None => builder.body(Full::new(Bytes::new())),
+        }?)
+    }
+
+    /// One request, one answer.
+    async fn one(&mut self, op: &Op) -> Result<Answer, TargetError> {
+        let req = self.request(op)?;
+        let (status, body) = drive(&mut self.conn, round_trip(&mut self.sender, req)).await?;
+        Ok(answer_of(status.as_u16(), &body))
+    }
+}
+
+/// The verdict on an answer with an HTTP status (also the QUIC envelope's).
+pub fn answer_of(status: u16, body: &[u8]) -> Answer {
+    if (200..300).contains(&status) {
+        Answer::Ok
+    } else {
+        let end = body.len().min(200);
+        Answer::Rejected {
+            status,
+            detail: String::from_utf8_lossy(&body[..end]).into_owned(),
         }
     }
 }
 
 impl Connection for HttpConnection {
     async fn execute(&mut self, op: &Op) -> Result<Answer, TargetError> {
-        let req = self.request(op)?;
-        let (status, body) = drive(&mut self.conn, round_trip(&mut self.sender, req)).await?;
-        if status.is_success() {
-            Ok(Answer::Ok)
-        } else {
-            let end = body.len().min(200);
-            Ok(Answer::Rejected {
-                status: status.as_u16(),
-                detail: String::from_utf8_lossy(&body[..end]).into_owned(),
-            })
+        match op {
+            Op::ReadModifyWrite { key, value } => {
+                let read = self.one(&Op::RegisterGet { key: *key }).await?;
+                if read != Answer::Ok {
+                    return Ok(read);
+                }
+                self.one(&Op::RegisterPut {
+                    key: *key,
+                    value: value.clone(),
+                })
+                .await
+            }
+            op => self.one(op).await,
         }
     }
 }

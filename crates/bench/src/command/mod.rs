@@ -4,3 +4,4 @@ pub mod hello;
 pub mod replication;
 pub mod run;
 pub mod single_node;
+pub mod suite;

@@ -1,6 +1,7 @@
 //! `dotkv-bench run`: one workload against a server that is already running,
-//! closed loop or open loop (`--rate`). The building block of the suites, for
-//! ad hoc measurements.
+//! closed loop or open loop (`--rate`), over HTTP (`http://`), dotkv's QUIC
+//! protocol (`quic://`, with `--ca`) or RESP (`redis://`). The building block
+//! of the suites, for ad hoc measurements and profiling.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,18 +12,32 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::generator::{self, LoadConfig};
 use crate::stats::{fmt_us, Report, Table};
+use crate::target::quic::QuicTarget;
+use crate::target::resp::RedisTarget;
 use crate::target::HttpTarget;
 use crate::workload::Builtin;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The server, e.g. `http://127.0.0.1:7700`.
+    /// The server: `http://127.0.0.1:7700`, `quic://127.0.0.1:7701` (dotkv's
+    /// QUIC API; needs `--ca`) or `redis://127.0.0.1:6379`.
     #[arg(long)]
     pub url: String,
-    /// ping (GET /), counter-add, register-put, register-get, set-add.
+    /// The cluster CA certificate, for `quic://`.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// The name the node's certificate must carry, for `quic://`.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// QUIC connections the generator's connections share, for `quic://`.
+    #[arg(long, default_value_t = 1)]
+    pub quic_connections: usize,
+    /// ping (GET /), counter-add, register-put, register-get, set-add,
+    /// ycsb-a, ycsb-b, ycsb-c, ycsb-f (YCSB reads need the records written
+    /// first, e.g. by a run of register-put over the same keys).
     #[arg(long, default_value = "counter-add")]
     pub workload: String,
-    /// Keys (sets for set-add) the workload spreads over.
+    /// Keys (sets for set-add, records for YCSB) the workload spreads over.
     #[arg(long, default_value_t = 1000)]
     pub keys: u64,
     /// Size of register values on the wire (JSON string with quotes).
@@ -34,6 +49,14 @@ pub struct Args {
     /// op's scheduled send time. Without it, closed loop.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Open loop: pace sends with tokio's 1 ms timer (bursts every
+    /// millisecond) instead of a high-resolution timer, for comparison.
+    #[arg(long)]
+    pub coarse_timer: bool,
+    /// Open loop: sends due within this many µs of one another go out
+    /// together (0: each exactly when due).
+    #[arg(long, default_value_t = crate::generator::DEFAULT_PACING_QUANTUM.as_micros() as u64)]
+    pub pacing_quantum_us: u64,
     /// Also report the CPU use of this process (the server).
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -85,16 +108,21 @@ impl LoadArgs {
             request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
             server_pid,
             seed: self.seed,
+            series_interval: None,
+            coarse_timer: false,
+            pacing_quantum: crate::generator::DEFAULT_PACING_QUANTUM,
         })
     }
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let hostport = args
-        .url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("--url must start with http://, not {:?}", args.url))?
-        .trim_end_matches('/');
+    let (scheme, rest) = args.url.split_once("://").ok_or_else(|| {
+        anyhow!(
+            "--url must be http://, quic:// or redis://HOST:PORT, not {:?}",
+            args.url
+        )
+    })?;
+    let hostport = rest.trim_end_matches('/');
     let addr: SocketAddr = tokio::net::lookup_host(hostport)
         .await
         .with_context(|| format!("resolving {hostport}"))?
@@ -111,7 +139,29 @@ pub async fn run(args: Args) -> Result<()> {
         }
         cfg.rate = Some(rate);
     }
-    let report = generator::run(Arc::new(HttpTarget::new(addr)), Arc::new(workload), &cfg).await;
+    cfg.coarse_timer = args.coarse_timer;
+    cfg.pacing_quantum = Duration::from_micros(args.pacing_quantum_us);
+    let workload = Arc::new(workload);
+    let report = match scheme {
+        "http" => generator::run(Arc::new(HttpTarget::new(addr)), workload, &cfg).await,
+        "redis" => generator::run(Arc::new(RedisTarget::new(addr)), workload, &cfg).await,
+        "quic" => {
+            let ca = args.ca.as_deref().ok_or_else(|| {
+                anyhow!("a quic:// target needs --ca (the cluster CA certificate)")
+            })?;
+            let target = Arc::new(QuicTarget::new(
+                addr,
+                &args.server_name,
+                ca,
+                args.quic_connections,
+                cfg.request_timeout,
+            )?);
+            let report = generator::run(target.clone(), workload, &cfg).await;
+            target.close().await;
+            report
+        }
+        other => bail!("unknown scheme {other:?} in --url (http, quic or redis)"),
+    };
 
     let mut t = report_table();
     t.row(report_row(&report));

@@ -163,6 +163,7 @@ async fn run_inner(args: Args) -> Result<()> {
         args: vec!["hello".into(), "--listen".into(), "127.0.0.1:0".into()],
         ready_prefix: "hello: listening on http://",
         ready_within: STARTUP_DEADLINE,
+        known_addr: None,
         log: None,
     })
     .await?;
@@ -507,6 +508,7 @@ async fn start_dotkv(bin: &Path, dir: &Path, durability: &str) -> Result<Server>
         ],
         ready_prefix: "dotkv: listening on http://",
         ready_within: STARTUP_DEADLINE,
+        known_addr: None,
         log: Some(dir.join(format!("dotkv-{durability}.log"))),
     })
     .await?;
@@ -520,7 +522,7 @@ async fn start_dotkv(bin: &Path, dir: &Path, durability: &str) -> Result<Server>
 }
 
 /// Poll `GET /health` until it answers 200, up to `deadline`.
-async fn wait_healthy(target: &HttpTarget, deadline: Instant) -> Result<()> {
+pub(crate) async fn wait_healthy(target: &HttpTarget, deadline: Instant) -> Result<()> {
     let mut last = String::from("no answer");
     loop {
         let attempt = timeout_at(deadline, async {
