@@ -191,6 +191,9 @@ pub struct StorageSection {
     pub write_queue: usize,
     /// Most requests committed together (one WAL write, one fsync).
     pub max_commit_group: usize,
+    /// Memory for the writer's cache of recently committed rows, in MiB
+    /// (0: off).
+    pub row_cache_mb: usize,
 }
 
 impl Default for StorageSection {
@@ -201,6 +204,7 @@ impl Default for StorageSection {
             write_buffer_mb: 64,
             write_queue: 4096,
             max_commit_group: 512,
+            row_cache_mb: 32,
         }
     }
 }

@@ -78,6 +78,7 @@ impl Node {
                 queue_depth: s.write_queue,
                 max_group: s.max_commit_group,
                 log_local_groups: !config.peers.is_empty(),
+                row_cache_bytes: s.row_cache_mb << 20,
             },
         )?;
         let cancel = CancellationToken::new();

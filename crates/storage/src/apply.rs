@@ -20,29 +20,148 @@ use dotkv_crdt::{
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use std::collections::{BTreeMap, HashMap};
 
-type CfKey = (&'static str, Vec<u8>);
+pub(crate) type CfKey = (&'static str, Vec<u8>);
+
+/// Rows by column family and key; `None` is a deletion.
+pub(crate) type Rows = HashMap<CfKey, Option<Vec<u8>>>;
+
+/// Bytes a cached row is charged on top of its key and value: the map entry,
+/// the two vectors' headers and the allocator's rounding.
+const ROW_OVERHEAD: usize = 96;
+
+fn row_cost(key: &[u8], value: &Option<Vec<u8>>) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len) + ROW_OVERHEAD
+}
+
+/// One generation of [`RowCache`]: object rows and set-element rows.
+#[derive(Default)]
+struct RowGen {
+    objects: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    elems: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl RowGen {
+    fn map(&self, cf: &str) -> Option<&HashMap<Vec<u8>, Option<Vec<u8>>>> {
+        match cf {
+            CF_OBJECTS => Some(&self.objects),
+            CF_SET_ELEMS => Some(&self.elems),
+            _ => None,
+        }
+    }
+}
+
+/// The rows the writer committed most recently (`None`: deleted), so that a
+/// read-modify-write of a hot row does not search RocksDB's memtable for the
+/// value the writer itself wrote a moment ago.
+///
+/// Exact, not a hint: only the writer changes object and set-element rows,
+/// and it fills the cache only after a commit succeeded (and empties it when
+/// one fails). Bounded by bytes with two generations: rows go into the young
+/// one; when it passes half the budget it becomes the old one and the
+/// previous old one is dropped. A lookup tries young, then old.
+pub(crate) struct RowCache {
+    budget: usize,
+    young: RowGen,
+    old: RowGen,
+}
+
+impl RowCache {
+    /// A cache of at most `budget_bytes` (0 turns it off).
+    pub(crate) fn new(budget_bytes: usize) -> RowCache {
+        RowCache {
+            budget: budget_bytes,
+            young: RowGen::default(),
+            old: RowGen::default(),
+        }
+    }
+
+    /// `Some(row)` if the cache knows the row's committed value (`Some(None)`:
+    /// known to be absent).
+    fn get(&self, cf: &str, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.young
+            .map(cf)?
+            .get(key)
+            .or_else(|| self.old.map(cf).and_then(|m| m.get(key)))
+    }
+
+    /// Take in the rows of a group that has just been committed.
+    pub(crate) fn absorb(&mut self, rows: Rows) {
+        if self.budget == 0 {
+            return;
+        }
+        for ((cf, key), value) in rows {
+            let cost = row_cost(&key, &value);
+            let (young, old) = match cf {
+                CF_OBJECTS => (&mut self.young.objects, &mut self.old.objects),
+                CF_SET_ELEMS => (&mut self.young.elems, &mut self.old.elems),
+                _ => continue,
+            };
+            let in_young = young.remove(&key).map_or(0, |v| row_cost(&key, &v));
+            self.young.bytes -= in_young;
+            if cost > self.budget / 8 {
+                // Too big to be worth a slot; forget any older copy.
+                let in_old = old.remove(&key).map_or(0, |v| row_cost(&key, &v));
+                self.old.bytes -= in_old;
+                continue;
+            }
+            if self.young.bytes + cost > self.budget / 2 {
+                self.old = std::mem::take(&mut self.young);
+            }
+            let young = match cf {
+                CF_OBJECTS => &mut self.young.objects,
+                _ => &mut self.young.elems,
+            };
+            young.insert(key, value);
+            self.young.bytes += cost;
+        }
+    }
+
+    /// Forget everything (after a failed commit, when the database's state is
+    /// not known).
+    pub(crate) fn clear(&mut self) {
+        self.young = RowGen::default();
+        self.old = RowGen::default();
+    }
+
+    /// Rows held, for tests.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.young.objects.len()
+            + self.young.elems.len()
+            + self.old.objects.len()
+            + self.old.elems.len()
+    }
+}
 
 /// Pending writes layered over the database: `staged` for the request being
 /// applied (dropped if it fails), `group` for the requests already accepted into
-/// this commit.
+/// this commit, then the writer's cache of rows it committed recently.
 pub(crate) struct Overlay<'s> {
     store: &'s Store,
+    cache: &'s RowCache,
     group: HashMap<CfKey, Option<Vec<u8>>>,
     staged: HashMap<CfKey, Option<Vec<u8>>>,
 }
 
 impl<'s> Overlay<'s> {
-    pub(crate) fn new(store: &'s Store) -> Self {
+    pub(crate) fn new(store: &'s Store, cache: &'s RowCache) -> Self {
         Overlay {
             store,
+            cache,
             group: HashMap::new(),
             staged: HashMap::new(),
         }
     }
 
     fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let k = (cf, key.to_vec());
-        if let Some(v) = self.staged.get(&k).or_else(|| self.group.get(&k)) {
+        if !self.staged.is_empty() || !self.group.is_empty() {
+            let k = (cf, key.to_vec());
+            if let Some(v) = self.staged.get(&k).or_else(|| self.group.get(&k)) {
+                return Ok(v.clone());
+            }
+        }
+        if let Some(v) = self.cache.get(cf, key) {
             return Ok(v.clone());
         }
         Ok(self.store.db().get_cf(self.store.cf(cf), key)?)
@@ -115,16 +234,18 @@ impl<'s> Overlay<'s> {
         self.staged.clear();
     }
 
-    /// Move the group's writes into a write batch.
-    pub(crate) fn into_batch(self, batch: &mut WriteBatch) {
+    /// Copy the group's writes into a write batch; returns them, for the
+    /// row cache once the batch is committed.
+    pub(crate) fn into_batch(self, batch: &mut WriteBatch) -> Rows {
         debug_assert!(self.staged.is_empty());
-        for ((cf, k), v) in self.group {
+        for ((cf, k), v) in &self.group {
             let handle = self.store.cf(cf);
             match v {
                 Some(v) => batch.put_cf(handle, k, v),
                 None => batch.delete_cf(handle, k),
             }
         }
+        self.group
     }
 }
 
@@ -485,4 +606,64 @@ pub(crate) fn log_group(ov: &mut Overlay<'_>, group: &DeltaGroup) -> Result<(), 
     let key = keys::delta(group.origin.0, group.first).to_vec();
     ov.put(CF_DELTAS, key, encode_state("delta group", group)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize, value_len: usize, tag: u8) -> HashMap<CfKey, Option<Vec<u8>>> {
+        (0..n)
+            .map(|i| {
+                (
+                    (CF_OBJECTS, format!("k{i}").into_bytes()),
+                    Some(vec![tag; value_len]),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_row_cache_stays_within_its_budget() {
+        let budget = 64 << 10;
+        let mut cache = RowCache::new(budget);
+        for round in 0..50u8 {
+            cache.absorb(rows(1000, 100, round));
+            let held = cache.young.bytes + cache.old.bytes;
+            assert!(held <= budget, "{held} bytes held, budget {budget}");
+        }
+        assert!(cache.len() > 0);
+        // A row just absorbed is found, with its last value.
+        let mut one = HashMap::new();
+        one.insert((CF_OBJECTS, b"k7".to_vec()), Some(vec![7; 10]));
+        cache.absorb(one);
+        assert_eq!(cache.get(CF_OBJECTS, b"k7"), Some(&Some(vec![7; 10])));
+        // Rows of other column families are never kept.
+        let mut other = HashMap::new();
+        other.insert((CF_DELTAS, b"d".to_vec()), Some(vec![1]));
+        cache.absorb(other);
+        assert_eq!(cache.get(CF_DELTAS, b"d"), None);
+    }
+
+    #[test]
+    fn a_big_row_replaces_no_cached_copy() {
+        let mut cache = RowCache::new(8 << 10);
+        cache.absorb(rows(1, 10, 1));
+        assert!(cache.get(CF_OBJECTS, b"k0").is_some());
+        // Bigger than an eighth of the budget: not cached, and the old
+        // copy must not answer for it.
+        cache.absorb(rows(1, 2 << 10, 2));
+        assert_eq!(cache.get(CF_OBJECTS, b"k0"), None);
+        cache.absorb(rows(1, 10, 3));
+        cache.clear();
+        assert_eq!(cache.get(CF_OBJECTS, b"k0"), None);
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn a_cache_without_budget_keeps_nothing() {
+        let mut cache = RowCache::new(0);
+        cache.absorb(rows(10, 10, 1));
+        assert_eq!(cache.len(), 0);
+    }
 }

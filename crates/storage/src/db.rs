@@ -167,6 +167,16 @@ impl Store {
             }
             o
         };
+        // Rows are read one key at a time (the writer's read of a row's
+        // current value, point reads of the API). A bloom filter over the
+        // memtable's whole keys lets a read of a key the memtable does not
+        // hold (a new set element, say) skip the skiplist search.
+        let keyed_opts = || {
+            let mut o = cf_opts(false);
+            o.set_memtable_prefix_bloom_ratio(0.05);
+            o.set_memtable_whole_key_filtering(true);
+            o
+        };
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
@@ -174,8 +184,8 @@ impl Store {
         db_opts.set_keep_log_file_num(4);
         db_opts.set_max_total_wal_size(256 << 20);
         let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_OBJECTS, cf_opts(false)),
-            ColumnFamilyDescriptor::new(CF_SET_ELEMS, cf_opts(false)),
+            ColumnFamilyDescriptor::new(CF_OBJECTS, keyed_opts()),
+            ColumnFamilyDescriptor::new(CF_SET_ELEMS, keyed_opts()),
             ColumnFamilyDescriptor::new(CF_DELTAS, cf_opts(false)),
             ColumnFamilyDescriptor::new(CF_META, cf_opts(true)),
         ];

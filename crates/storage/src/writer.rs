@@ -5,7 +5,7 @@
 //! A request that fails (say, a counter overflow) is left out of the batch
 //! without affecting the others.
 
-use crate::apply::{log_group, Applier, Overlay};
+use crate::apply::{log_group, Applier, Overlay, RowCache, Rows};
 use crate::db::{encode_state, Store, CF_DELTAS, CF_META};
 use crate::keys;
 use crate::model::{DeltaGroup, DeltaOp, Op, OpOutput};
@@ -42,6 +42,10 @@ pub struct WriterOptions {
     /// one to ship them to (a peer added later catches up by anti-entropy),
     /// so it skips the log write.
     pub log_local_groups: bool,
+    /// Bytes of recently committed rows the writer keeps in memory, so a
+    /// write to a hot key reads its current value without asking RocksDB
+    /// (0: off).
+    pub row_cache_bytes: usize,
 }
 
 impl Default for WriterOptions {
@@ -51,6 +55,7 @@ impl Default for WriterOptions {
             queue_depth: 4096,
             max_group: 512,
             log_local_groups: true,
+            row_cache_bytes: 32 << 20,
         }
     }
 }
@@ -145,6 +150,7 @@ impl Writer {
         let replica = store.replica();
         let mut worker = Worker {
             store,
+            cache: RowCache::new(opts.row_cache_bytes),
             opts,
             vv,
             hlc,
@@ -279,6 +285,7 @@ impl Writer {
 
 struct Worker<C> {
     store: Store,
+    cache: RowCache,
     opts: WriterOptions,
     vv: VersionVector,
     hlc: HlcClock<C>,
@@ -326,7 +333,9 @@ impl<C: WallClock> Worker<C> {
     /// Apply and commit one group of requests. Returns whether a stop was asked.
     fn commit_group(&mut self, requests: Vec<Request>) -> bool {
         let store = self.store.clone();
-        let mut ov = Overlay::new(&store);
+        // Moved out while the overlay borrows it; `write_batch` puts it back.
+        let cache = std::mem::replace(&mut self.cache, RowCache::new(0));
+        let mut ov = Overlay::new(&store, &cache);
         let mut vv = self.vv.clone();
         let mut replies = Vec::with_capacity(requests.len());
         let mut stop = false;
@@ -378,7 +387,20 @@ impl<C: WallClock> Worker<C> {
         let committed = if any_ok {
             self.write_batch(ov, &vv, trim.as_ref())
         } else {
-            Ok(())
+            Ok(None)
+        };
+        self.cache = cache;
+        let committed = match committed {
+            Ok(rows) => {
+                if let Some(rows) = rows {
+                    self.cache.absorb(rows);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.cache.clear();
+                Err(e)
+            }
         };
         if let Err(e) = &committed {
             tracing::error!(error = %e, "commit failed; answering every request of the group with it");
@@ -544,15 +566,17 @@ impl<C: WallClock> Worker<C> {
         Ok(true)
     }
 
+    /// Commit the overlay's writes with the version vector; returns the rows
+    /// written, for the row cache.
     fn write_batch(
         &mut self,
         ov: Overlay<'_>,
         vv: &VersionVector,
         trim: Option<&VersionVector>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<Rows>, StorageError> {
         let started = Instant::now();
         let mut batch = WriteBatch::default();
-        ov.into_batch(&mut batch);
+        let rows = ov.into_batch(&mut batch);
         let meta = self.store.cf(CF_META);
         batch.put_cf(meta, keys::META_VV, encode_state("version vector", vv)?);
         let hlc: Hlc = self.hlc.last();
@@ -578,6 +602,6 @@ impl<C: WallClock> Worker<C> {
         self.stats
             .commit_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(Some(rows))
     }
 }
