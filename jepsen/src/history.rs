@@ -6,8 +6,9 @@
 //! `type`, `process`, `f`, `value`. A few extra fields carry what our checkers
 //! need: the node an operation went to, the causal token it sent (on the
 //! invoke) or received (on the completion), an error message, a `final` mark on
-//! the reads made after the final heal, and `result` for a second value of an
-//! answer (a counter's value after an add).
+//! the reads made after the final heal, `result` for a second value of an
+//! answer (a counter's value after an add), and `hlc` for the last-writer-wins
+//! order key a register answer showed (`X-Dotkv-Hlc`).
 //!
 //! Meaning of the completion types, as in Jepsen: `ok` happened, `fail`
 //! certainly did not happen, `info` may or may not have happened. A process
@@ -62,6 +63,11 @@ pub struct Op {
     pub f: String,
     #[serde(default)]
     pub value: Value,
+    /// On the `ok` of a register write or read: the answer's `X-Dotkv-Hlc`,
+    /// the order key of the value written or read (`<hlc>.<replica hex>`).
+    /// Histories recorded before the header existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hlc: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// The key the operation touched, for workloads that spread over keys.
@@ -90,6 +96,7 @@ impl Op {
             process,
             f: f.to_string(),
             value,
+            hlc: None,
             node: None,
             key: None,
             token: None,

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | set | add a unique integer e to `set-G`, read all of `set-G` | bound |
 //! | counter | add 1..=5 to `counter`, read it | bound |
-//! | register | write a unique integer to `register`, read it (with token) | random |
+//! | register | write a unique integer to `register`, read it (with token); record `X-Dotkv-Hlc` | random |
 //! | session | add e to / read `session-G` with the previous token | random |
 //! | batch | one batch adding e to `batch-G-a` and `batch-G-b`, read a then b | bound |
 //! | convergence | set add, counter add, register write on `conv-*` | bound |
@@ -20,7 +20,8 @@
 //! the final reads read every generation on every node.
 
 use crate::history::{Op, OpType, Process, Recorder};
-use dotkv_api::{Batch, SetUpdate};
+use crate::http1;
+use dotkv_api::{Batch, SetUpdate, HLC_HEADER, TOKEN_HEADER};
 use dotkv_client::{Client, ClientError, Page, ReadOptions, WriteOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -84,6 +85,8 @@ pub enum Outcome {
         value: Value,
         token: Option<String>,
         result: Option<Value>,
+        /// A register answer's `X-Dotkv-Hlc`.
+        hlc: Option<String>,
     },
     Fail(String),
     Info(String),
@@ -186,6 +189,101 @@ async fn read_set(
     Ok((Value::Array(out), last_token))
 }
 
+/// Bounds of the register workload's own exchanges: the same as the
+/// harness's clients (`run::client_for`).
+const REGISTER_TIMEOUTS: http1::Timeouts = http1::Timeouts {
+    connect: Duration::from_secs(2),
+    total: Duration::from_secs(6),
+};
+
+/// `PUT` or `GET /v1/register/{key}` over [`http1`], which keeps the
+/// answer's `X-Dotkv-Hlc` (`dotkv-client` shows only the token). `key` must
+/// be a plain path segment.
+async fn register_exchange(
+    c: &Client,
+    key: &str,
+    put: Option<&Value>,
+    token: Option<&str>,
+) -> Result<http1::Answer, http1::Error> {
+    let headers: Vec<(&str, &str)> = token.map(|t| (TOKEN_HEADER, t)).into_iter().collect();
+    let body = put.map(Value::to_string);
+    http1::exchange(
+        c.base_url(),
+        if put.is_some() { "PUT" } else { "GET" },
+        &format!("/v1/register/{key}"),
+        &headers,
+        body.as_deref().map(str::as_bytes),
+        REGISTER_TIMEOUTS,
+    )
+    .await
+}
+
+/// The `error` object of an error answer (null if there is none).
+fn api_error_of(a: &http1::Answer) -> Value {
+    let mut body: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+    body.get_mut("error")
+        .map(Value::take)
+        .unwrap_or(Value::Null)
+}
+
+fn api_error(a: &http1::Answer) -> String {
+    let e = api_error_of(a);
+    format!(
+        "status {}: {}: {}",
+        a.status,
+        e["code"].as_str().unwrap_or("?"),
+        e["message"].as_str().unwrap_or("")
+    )
+}
+
+fn header(a: &http1::Answer, name: &str) -> Option<String> {
+    a.header(name).map(str::to_owned)
+}
+
+/// A register write, classified as [`classify`] does for the client's.
+async fn register_put(c: &Client, key: &str, v: &Value, token: Option<&str>) -> Outcome {
+    match register_exchange(c, key, Some(v), token).await {
+        Ok(a) if (200..300).contains(&a.status) => Outcome::Ok {
+            value: v.clone(),
+            token: header(&a, TOKEN_HEADER),
+            result: None,
+            hlc: header(&a, HLC_HEADER),
+        },
+        Ok(a) if a.status < 500 || a.status == 503 => Outcome::Fail(api_error(&a)),
+        Ok(a) => Outcome::Info(api_error(&a)),
+        Err(http1::Error::Refused(m)) => Outcome::Fail(m),
+        Err(http1::Error::Other(m)) => Outcome::Info(m),
+    }
+}
+
+/// A register read: the value (null if unset) with its order key.
+async fn register_get(c: &Client, key: &str, token: Option<&str>) -> Outcome {
+    match register_exchange(c, key, None, token).await {
+        Ok(a) if (200..300).contains(&a.status) => match serde_json::from_slice::<Value>(&a.body) {
+            Ok(body) if body.get("value").is_some() => Outcome::Ok {
+                value: body["value"].clone(),
+                token: header(&a, TOKEN_HEADER),
+                result: None,
+                hlc: header(&a, HLC_HEADER),
+            },
+            _ => Outcome::Fail(format!(
+                "status {}: not a register answer: {}",
+                a.status,
+                String::from_utf8_lossy(&a.body)
+            )),
+        },
+        // Unset, as `ClientError::is_not_found` tells it.
+        Ok(a) if a.status == 404 && api_error_of(&a)["code"] == "not_found" => Outcome::Ok {
+            value: Value::Null,
+            token: None,
+            result: None,
+            hlc: None,
+        },
+        Ok(a) => Outcome::Fail(api_error(&a)),
+        Err(e) => Outcome::Fail(e.to_string()),
+    }
+}
+
 fn set_update(e: &Value) -> SetUpdate {
     serde_json::from_value(json!({"add": [e]})).expect("a set update")
 }
@@ -234,6 +332,7 @@ impl Shared {
             value,
             token,
             result: None,
+            hlc: None,
         };
         match (self.workload, f) {
             (Workload::Set | Workload::Session, "add") => {
@@ -252,6 +351,7 @@ impl Shared {
                         value: v.clone(),
                         token: a.token,
                         result: Some(json!(a.value.value)),
+                        hlc: None,
                     },
                     Err(e) => classify(e, true),
                 }
@@ -260,15 +360,8 @@ impl Shared {
                 Ok(a) => ok(json!(a.value.value), a.token),
                 Err(e) => classify(e, false),
             },
-            (Workload::Register, "write") => match c.register_put("register", v, &w).await {
-                Ok(a) => ok(v.clone(), a.token),
-                Err(e) => classify(e, true),
-            },
-            (Workload::Register, "read") => match c.register_get("register", &r).await {
-                Ok(a) => ok(a.value.value, a.token),
-                Err(e) if e.is_not_found() => ok(Value::Null, None),
-                Err(e) => classify(e, false),
-            },
+            (Workload::Register, "write") => register_put(c, "register", v, token.as_deref()).await,
+            (Workload::Register, "read") => register_get(c, "register", token.as_deref()).await,
             (Workload::Batch, "batch") => {
                 let b: Batch = serde_json::from_value(json!({"ops": [
                     {"type": "set", "key": format!("{key}-a"), "op": {"add": [v]}},
@@ -403,9 +496,11 @@ impl Shared {
                 value,
                 token,
                 result,
+                hlc,
             } => {
                 let mut op = Op::new(OpType::Ok, Process::Client(process), f, value).token(token);
                 op.result = result;
+                op.hlc = hlc;
                 op
             }
             Outcome::Fail(e) => {

@@ -27,13 +27,17 @@ pub use request::{
     from_json_body, CounterAdd, FlagUpdate, ListQuery, SetQuery, SetUpdate, WriteLevel, WriteQuery,
 };
 pub use response::{
-    BatchResponse, CounterValue, FlagValue, KeyList, KeyResponse, MvRegisterValues, PeerStatus,
-    RegisterValue, SetContains, SetPage, Status,
+    BatchResponse, CounterValue, FlagValue, KeyList, KeyResponse, LwwOrder, MvRegisterValues,
+    PeerStatus, RegisterValue, SetContains, SetPage, Status,
 };
 
 /// Header that carries a causal token, on requests (wait until the node has
 /// applied what the token names) and on every answer (what this answer saw).
 pub const TOKEN_HEADER: &str = "x-dotkv-token";
+
+/// Header of register `PUT` and `GET` answers: the [`LwwOrder`] of the write
+/// made, or of the value read.
+pub const HLC_HEADER: &str = "x-dotkv-hlc";
 
 /// Default TCP port of the HTTP API.
 pub const DEFAULT_HTTP_PORT: u16 = 7700;

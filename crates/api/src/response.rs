@@ -29,6 +29,48 @@ pub struct RegisterValue {
     pub value: Value,
 }
 
+/// The last-writer-wins order key of a register write, as the `X-Dotkv-Hlc`
+/// header shows it: `<hlc>.<replica>`, the HLC timestamp as a decimal `u64`
+/// and the writer's replica id as 16 lowercase hex digits. Registers keep the
+/// greatest key; the derived order (timestamp, then replica) is that order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LwwOrder {
+    pub hlc: u64,
+    pub replica: u64,
+}
+
+impl std::fmt::Display for LwwOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:016x}", self.hlc, self.replica)
+    }
+}
+
+impl std::str::FromStr for LwwOrder {
+    type Err = String;
+
+    /// Only the exact form [`Display`](std::fmt::Display) writes, so two texts
+    /// of one key are always equal.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("not an LWW order key (<decimal u64>.<16 hex digits>): {s:?}");
+        let (hlc, replica) = s.split_once('.').ok_or_else(bad)?;
+        let digits = |t: &str, hex: bool| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_digit() || (hex && (b'a'..=b'f').contains(&b)))
+        };
+        if !digits(hlc, false) || (hlc.len() > 1 && hlc.starts_with('0')) {
+            return Err(bad());
+        }
+        if replica.len() != 16 || !digits(replica, true) {
+            return Err(bad());
+        }
+        Ok(LwwOrder {
+            hlc: hlc.parse().map_err(|_| bad())?,
+            replica: u64::from_str_radix(replica, 16).map_err(|_| bad())?,
+        })
+    }
+}
+
 /// Answer of `GET /v1/mvregister/{key}`: every concurrent value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MvRegisterValues {
@@ -113,6 +155,39 @@ pub struct PeerStatus {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn lww_order_keys_print_parse_and_compare() {
+        let k = LwwOrder {
+            hlc: 112_233_445_566,
+            replica: 0xab,
+        };
+        assert_eq!(k.to_string(), "112233445566.00000000000000ab");
+        assert_eq!("112233445566.00000000000000ab".parse(), Ok(k));
+        let max = LwwOrder {
+            hlc: u64::MAX,
+            replica: u64::MAX,
+        };
+        assert_eq!(max.to_string().parse(), Ok(max));
+        for bad in [
+            "",
+            "1",
+            "1.ab",
+            "01.00000000000000ab",
+            "1.00000000000000AB",
+            "-1.00000000000000ab",
+            "x.00000000000000ab",
+            "18446744073709551616.0000000000000000",
+            "1.00000000000000ab.1",
+        ] {
+            assert!(bad.parse::<LwwOrder>().is_err(), "{bad:?}");
+        }
+        // Timestamp first, then replica.
+        let a = LwwOrder { hlc: 5, replica: 9 };
+        let b = LwwOrder { hlc: 6, replica: 1 };
+        let c = LwwOrder { hlc: 6, replica: 2 };
+        assert!(a < b && b < c);
+    }
 
     #[test]
     fn shapes_match_the_contract() {

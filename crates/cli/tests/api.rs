@@ -85,6 +85,51 @@ fn counters_registers_mvregisters_flags() {
 }
 
 #[test]
+fn register_answers_carry_the_lww_order_key() {
+    use dotkv_api::LwwOrder;
+    let n = TestNode::start();
+    let order = |r: &common::Resp| -> (String, LwwOrder) {
+        let h = r
+            .header("x-dotkv-hlc")
+            .unwrap_or_else(|| panic!("no X-Dotkv-Hlc in {:?}", r.headers))
+            .to_string();
+        let key = h.parse().unwrap_or_else(|e| panic!("{e}"));
+        (h, key)
+    };
+    let first = n.put("/v1/register/h", r#""one""#);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.json(), json!({"key": "h"}), "the header is additive");
+    let (h1, k1) = order(&first);
+    let second = n.put("/v1/register/h", r#""two""#);
+    assert_eq!(second.status, 200, "{}", second.text());
+    let (h2, k2) = order(&second);
+    assert!(k2 > k1, "{h2} must order after {h1}");
+    assert_eq!(k1.replica, k2.replica, "one node, one replica");
+    // <decimal hlc>.<16 lowercase hex digits>
+    let (num, replica) = h2.split_once('.').unwrap();
+    assert!(num.bytes().all(|b| b.is_ascii_digit()), "{h2}");
+    assert!(
+        replica.len() == 16
+            && replica
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "{h2}"
+    );
+
+    // A read shows the winner's key: the second write's.
+    let r = n.get("/v1/register/h");
+    assert_eq!(r.json(), json!({"key": "h", "value": "two"}));
+    assert_eq!(r.header("x-dotkv-hlc"), Some(h2.as_str()));
+
+    // Only register answers carry it.
+    let r = n.put("/v1/mvregister/h", "1");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-dotkv-hlc"), None);
+    assert_eq!(n.get("/v1/mvregister/h").header("x-dotkv-hlc"), None);
+    assert_eq!(n.get("/v1/register/unset").header("x-dotkv-hlc"), None);
+}
+
+#[test]
 fn sets_paging_contains_and_listing() {
     let n = TestNode::start();
     let r = n.post(

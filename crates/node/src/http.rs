@@ -19,10 +19,11 @@ use axum::routing::any;
 use axum::Router;
 use dotkv_api::{
     ApiError, Batch, BatchResponse, CounterAdd, CounterValue, CrdtType, Element, ErrorCode,
-    FlagUpdate, FlagValue, KeyList, KeyResponse, KeyedOp, ListQuery, PeerStatus, SetContains,
-    SetPage, SetQuery, SetUpdate, Status, ValidOp, WriteLevel, WriteQuery, TOKEN_HEADER,
+    FlagUpdate, FlagValue, KeyList, KeyResponse, KeyedOp, ListQuery, LwwOrder, PeerStatus,
+    SetContains, SetPage, SetQuery, SetUpdate, Status, ValidOp, WriteLevel, WriteQuery, HLC_HEADER,
+    TOKEN_HEADER,
 };
-use dotkv_crdt::DotStore;
+use dotkv_crdt::{DotStore, Hlc, ReplicaId};
 use dotkv_replication::Scope;
 use dotkv_storage::{ObjectKind, Op, OpOutput, StorageError, WriteOutcome};
 use serde::Serialize;
@@ -96,6 +97,19 @@ fn reply<T: Serialize>(status: StatusCode, body: &T, token: &str) -> Response {
             HttpError(ApiError::internal(format!("cannot encode the answer: {e}"))).into_response()
         }
     }
+}
+
+/// Adds `X-Dotkv-Hlc`: the last-writer-wins order key of a register write,
+/// so a client (the fault harness) can check which write must win.
+fn with_hlc(mut resp: Response, ts: Hlc, replica: ReplicaId) -> Response {
+    let key = LwwOrder {
+        hlc: ts.0,
+        replica: replica.0,
+    };
+    if let Ok(v) = HeaderValue::from_str(&key.to_string()) {
+        resp.headers_mut().insert(HLC_HEADER, v);
+    }
+    resp
 }
 
 pub fn router(node: Shared) -> Router {
@@ -614,7 +628,8 @@ async fn write(node: &Node, uri: &Uri, headers: &HeaderMap, ops: Vec<Op>) -> Res
     }
 }
 
-/// One op as its own write, answered with `{"key"}` and the write's token.
+/// One op as its own write, answered with `{"key"}` and the write's token
+/// (and, for a register write, its order key in `X-Dotkv-Hlc`).
 async fn write_key(
     node: &Node,
     uri: &Uri,
@@ -623,11 +638,11 @@ async fn write_key(
     op: Op,
 ) -> Result<Response> {
     let outcome = write(node, uri, headers, vec![op]).await?;
-    Ok(reply(
-        StatusCode::OK,
-        &KeyResponse { key },
-        &write_token(&outcome),
-    ))
+    let resp = reply(StatusCode::OK, &KeyResponse { key }, &write_token(&outcome));
+    Ok(match outcome.outputs.as_slice() {
+        [OpOutput::Register { ts, replica }] => with_hlc(resp, *ts, *replica),
+        _ => resp,
+    })
 }
 
 fn write_token(outcome: &WriteOutcome) -> String {
@@ -768,19 +783,20 @@ async fn object(
             let winner = state.as_ref().and_then(|s| {
                 s.iter()
                     .max_by_key(|(d, v)| (v.ts, d.replica))
-                    .map(|(_, v)| v.value.clone())
+                    .map(|(d, v)| (v.value.clone(), v.ts, d.replica))
             });
             match winner {
-                Some(json) => {
+                Some((json, ts, replica)) => {
                     let value = raw(&json)?;
-                    Ok(reply(
+                    let resp = reply(
                         StatusCode::OK,
                         &RawRegister {
                             key: &key,
                             value: &value,
                         },
                         &token,
-                    ))
+                    );
+                    Ok(with_hlc(resp, ts, replica))
                 }
                 None => Err(HttpError(ApiError::not_found(format!(
                     "register {key:?} is not set"

@@ -311,7 +311,10 @@ impl<C: WallClock> Applier<'_, C> {
                 );
                 ov.put(CF_OBJECTS, row, encode_state("register", &store)?);
                 Ok((
-                    OpOutput::Done,
+                    OpOutput::Register {
+                        ts,
+                        replica: dot.replica,
+                    },
                     DeltaOp::Register {
                         key: key.clone(),
                         store,

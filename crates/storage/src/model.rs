@@ -89,6 +89,12 @@ pub enum Op {
 pub enum OpOutput {
     /// A counter's value after the add (or the delete).
     Counter(i64),
+    /// A register write's last-writer-wins order key: its timestamp, then the
+    /// replica that made it (the replica of its dot).
+    Register {
+        ts: Hlc,
+        replica: ReplicaId,
+    },
     Done,
 }
 

@@ -63,19 +63,33 @@ async fn local_operations_of_every_type() {
     assert_eq!(out.outputs, vec![OpOutput::Counter(-2)]);
     assert!(out.vv.get(store.replica()) >= out.last);
 
-    w.write(vec![Op::RegisterSet {
-        key: "r".into(),
-        json: "1".into(),
-    }])
-    .await
-    .unwrap();
-    w.write(vec![Op::RegisterSet {
-        key: "r".into(),
-        json: "\"two\"".into(),
-    }])
-    .await
-    .unwrap();
+    let first = w
+        .write(vec![Op::RegisterSet {
+            key: "r".into(),
+            json: "1".into(),
+        }])
+        .await
+        .unwrap();
+    let second = w
+        .write(vec![Op::RegisterSet {
+            key: "r".into(),
+            json: "\"two\"".into(),
+        }])
+        .await
+        .unwrap();
     assert_eq!(register_value(&store, "r").as_deref(), Some("\"two\""));
+    // A register write reports its order key, and the stored value has it.
+    let key = |out: &dotkv_storage::WriteOutcome| match out.outputs.as_slice() {
+        [OpOutput::Register { ts, replica }] => (*ts, *replica),
+        other => panic!("a register write answered {other:?}"),
+    };
+    let (ts1, r1) = key(&first);
+    let (ts2, r2) = key(&second);
+    assert_eq!((r1, r2), (store.replica(), store.replica()));
+    assert!(ts2 > ts1, "{ts2:?} after {ts1:?}");
+    let state = store.register("r").unwrap().unwrap();
+    let (dot, stored) = state.iter().next().unwrap();
+    assert_eq!((stored.ts, dot.replica), (ts2, r2));
     assert_eq!(store.register("r").unwrap().unwrap().len(), 1);
 
     w.write(vec![Op::FlagSet {
