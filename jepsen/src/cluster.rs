@@ -245,11 +245,66 @@ impl Drop for Net {
     }
 }
 
+/// A command to start, and where its child goes.
+type SpawnJob = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+
+/// Starts node processes from one thread that lives as long as [`Procs`].
+///
+/// Nodes ask for `PR_SET_PDEATHSIG`, which fires when the *thread* that
+/// forked them ends, not the process. A node started from a thread of Tokio's
+/// blocking pool (the nemesis restarts nodes from one) was SIGKILLed when
+/// that thread retired after ten idle seconds; a thread of our own ends only
+/// with the harness.
+struct Spawner {
+    jobs: Mutex<Option<std::sync::mpsc::Sender<SpawnJob>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Spawner {
+    fn new() -> Spawner {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
+        let thread = std::thread::Builder::new()
+            .name("dkj-spawner".into())
+            .spawn(move || {
+                // Ends when the sender is dropped.
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .ok();
+        Spawner {
+            jobs: Mutex::new(Some(tx)),
+            thread: Mutex::new(thread),
+        }
+    }
+
+    fn spawn(&self, cmd: Command) -> std::io::Result<Child> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        let gone = || std::io::Error::other("the spawner thread has stopped");
+        {
+            let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(jobs) = jobs.as_ref() else {
+                return Err(gone());
+            };
+            jobs.send((cmd, reply)).map_err(|_| gone())?;
+        }
+        answer.recv().map_err(|_| gone())?
+    }
+
+    fn stop(&self) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The node processes. Dropping it kills them all.
 pub struct Procs {
     spec: Spec,
     nodes: Vec<NodeDef>,
     children: Mutex<Vec<Option<Child>>>,
+    spawner: Spawner,
 }
 
 impl Procs {
@@ -258,6 +313,7 @@ impl Procs {
             spec: spec.clone(),
             nodes: nodes.to_vec(),
             children: Mutex::new(nodes.iter().map(|_| None).collect()),
+            spawner: Spawner::new(),
         }
     }
 
@@ -313,8 +369,9 @@ impl Procs {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
+        let child = self
+            .spawner
+            .spawn(cmd)
             .with_context(|| format!("start {} ({})", n.name, self.spec.dotkv.display()))?;
         drop(ns);
         children[i] = Some(child);
@@ -362,6 +419,7 @@ impl Procs {
 impl Drop for Procs {
     fn drop(&mut self) {
         self.kill_all();
+        self.spawner.stop();
     }
 }
 
@@ -524,5 +582,43 @@ impl crate::nemesis::Cluster for Local {
 
     fn set_clock(&self, i: usize, offset_s: i64) -> Result<()> {
         self.procs.set_clock(i, offset_s)
+    }
+}
+
+#[cfg(test)]
+mod spawner_tests {
+    use super::*;
+
+    /// A node restarted by the nemesis from a short-lived thread must not die
+    /// when that thread ends (its `PR_SET_PDEATHSIG` follows the thread that
+    /// forked it).
+    #[test]
+    fn a_child_outlives_the_thread_that_asked_for_it() {
+        let spawner = Arc::new(Spawner::new());
+        let s = spawner.clone();
+        let mut child = std::thread::spawn(move || {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("30");
+            // SAFETY: only prctl between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            s.spawn(cmd).expect("spawn sleep")
+        })
+        .join()
+        .expect("the asking thread");
+        // The asking thread has ended; give a death signal time to land.
+        std::thread::sleep(Duration::from_millis(500));
+        let status = child.try_wait().expect("try_wait");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            status.is_none(),
+            "the child died with the thread that asked for it: {status:?}"
+        );
+        spawner.stop();
     }
 }

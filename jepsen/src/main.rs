@@ -241,19 +241,20 @@ fn matrix(
             all_valid &= valid;
             let st = &results["checkers"]["stats"];
             rows.push(format!(
-                "| {w:<11} | {n:<16} | {:<5} | {:>6} | {:>4} | {:>4} | {:>8} | {} |",
+                "| {w:<11} | {n:<16} | {:<5} | {:>6} | {:>4} | {:>4} | {:>8} | {:>14} | {} |",
                 valid,
                 st["ok"].as_u64().unwrap_or(0),
                 st["fail"].as_u64().unwrap_or(0),
                 st["info"].as_u64().unwrap_or(0),
                 results["convergence_time_ms"].to_string(),
+                results["convergence_since_last_fault_ms"].to_string(),
                 figure(&results, w)
             ));
         }
     }
-    println!("\n| workload    | nemesis          | valid |     ok | fail | info | conv ms  | anomalies |");
+    println!("\n| workload    | nemesis          | valid |     ok | fail | info | conv ms  | after fault ms | anomalies |");
     println!(
-        "|-------------|------------------|-------|--------|------|------|----------|-----------|"
+        "|-------------|------------------|-------|--------|------|------|----------|----------------|-----------|"
     );
     for r in rows {
         println!("{r}");

@@ -191,6 +191,8 @@ pub struct Ctl {
     pub log: Mutex<std::fs::File>,
     pub started: Instant,
     strobe_stop: Mutex<Option<Arc<AtomicBool>>>,
+    /// When the last fault window ended (its faults stopped).
+    last_fault_end: Mutex<Option<Instant>>,
 }
 
 /// A fault that is on, with what is needed to turn it off.
@@ -215,6 +217,7 @@ impl Ctl {
             log: Mutex::new(log),
             started: Instant::now(),
             strobe_stop: Mutex::new(None),
+            last_fault_end: Mutex::new(None),
         }
     }
 
@@ -424,6 +427,14 @@ impl Ctl {
         }
     }
 
+    /// When the last fault window of the schedule ended, if there was one.
+    pub fn last_fault_end(&self) -> Option<Instant> {
+        *self
+            .last_fault_end
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Heals everything: links, paused and killed nodes, clocks.
     pub async fn heal_all(&self) {
         if let Some(s) = self
@@ -478,8 +489,15 @@ impl Ctl {
             }
             let hold = Instant::now() + Duration::from_millis(rng.random_range(5_000..15_000));
             sleep_until(hold.min(until)).await;
+            let had_faults = !active.is_empty();
             for a in active {
                 self.stop(a).await;
+            }
+            if had_faults {
+                *self
+                    .last_fault_end
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             }
             if Instant::now() >= until {
                 return;

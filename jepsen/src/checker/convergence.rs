@@ -34,12 +34,16 @@ pub fn check(history: &[Op]) -> Report {
         .iter()
         .rev()
         .find(|o| !o.process.is_client() && o.f == "converge");
-    let (converged, time_ms) = match converge {
+    let (converged, time_ms, since_fault_ms) = match converge {
         Some(op) => (
             op.value["converged"].as_bool().unwrap_or(false),
             op.value["time_ms"].clone(),
+            op.value
+                .get("since_last_fault_ms")
+                .cloned()
+                .unwrap_or(Value::Null),
         ),
-        None => (false, Value::Null),
+        None => (false, Value::Null, Value::Null),
     };
     // (f, key) -> node -> normalized final value
     let mut finals: BTreeMap<(&str, Option<&str>), BTreeMap<String, Value>> = BTreeMap::new();
@@ -77,6 +81,7 @@ pub fn check(history: &[Op]) -> Report {
         json!({
             "converged": converged,
             "time_ms": time_ms,
+            "since_last_fault_ms": since_fault_ms,
             "nodes_with_final_reads": nodes.len(),
             "divergent": divergent,
         }),
