@@ -79,7 +79,7 @@ bench: build
 	$(CARGO_TARGET_DIR)/release/dotkv-bench suite --date $$(date -u +%F)
 
 ## jepsen: the fault-injection matrix (every workload under the main nemesis
-## combinations, 60 s each, 3 datacenters x 2 nodes; about 40 minutes), then a
+## combinations, 60 s each, 3 datacenters x 2 nodes; about 30 minutes), then a
 ## summary table. Needs root (network namespaces). Results in store/.
 jepsen: build
 	$(CARGO_TARGET_DIR)/release/dotkv-jepsen matrix --time-limit $${JEPSEN_TIME_LIMIT:-60} --store store
