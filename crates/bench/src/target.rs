@@ -91,6 +91,45 @@ pub trait Connection: Send + 'static {
     fn execute(&mut self, op: &Op) -> impl Future<Output = Result<Answer, TargetError>> + Send;
 }
 
+/// A connection that runs a target's single requests. Every target runs a
+/// read-modify-write the same way: a read, then a write of the whole record,
+/// timed as one op.
+pub trait SingleOp: Send + 'static {
+    /// One request: a read-modify-write never reaches it.
+    fn single(&mut self, op: &Op) -> impl Future<Output = Result<Answer, TargetError>> + Send;
+}
+
+impl<T: SingleOp> Connection for T {
+    async fn execute(&mut self, op: &Op) -> Result<Answer, TargetError> {
+        match op {
+            Op::ReadModifyWrite { key, value } => {
+                let read = self.single(&Op::RegisterGet { key: *key }).await?;
+                if read != Answer::Ok {
+                    return Ok(read);
+                }
+                self.single(&Op::RegisterPut {
+                    key: *key,
+                    value: value.clone(),
+                })
+                .await
+            }
+            op => self.single(op).await,
+        }
+    }
+}
+
+/// A TCP connection with Nagle off: requests are small single writes, and
+/// none may wait for another.
+pub(crate) async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, TargetError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| TargetError::Connect { addr, source })?;
+    stream
+        .set_nodelay(true)
+        .map_err(|source| TargetError::Connect { addr, source })?;
+    Ok(stream)
+}
+
 /// dotkv's (or any) HTTP/1.1 JSON API at `addr`.
 #[derive(Debug, Clone)]
 pub struct HttpTarget {
@@ -115,13 +154,7 @@ impl Target for HttpTarget {
 
     async fn connect(&self) -> Result<HttpConnection, TargetError> {
         let addr = self.addr;
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| TargetError::Connect { addr, source })?;
-        // Requests are small single writes; never let Nagle hold one back.
-        stream
-            .set_nodelay(true)
-            .map_err(|source| TargetError::Connect { addr, source })?;
+        let stream = connect_tcp(addr).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|source| TargetError::Handshake { addr, source })?;
@@ -280,21 +313,8 @@ pub fn answer_of(status: u16, body: &[u8]) -> Answer {
     }
 }
 
-impl Connection for HttpConnection {
-    async fn execute(&mut self, op: &Op) -> Result<Answer, TargetError> {
-        match op {
-            Op::ReadModifyWrite { key, value } => {
-                let read = self.one(&Op::RegisterGet { key: *key }).await?;
-                if read != Answer::Ok {
-                    return Ok(read);
-                }
-                self.one(&Op::RegisterPut {
-                    key: *key,
-                    value: value.clone(),
-                })
-                .await
-            }
-            op => self.one(op).await,
-        }
+impl SingleOp for HttpConnection {
+    fn single(&mut self, op: &Op) -> impl Future<Output = Result<Answer, TargetError>> + Send {
+        self.one(op)
     }
 }

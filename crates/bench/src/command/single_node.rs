@@ -496,6 +496,18 @@ async fn start_dotkv(bin: &Path, dir: &Path, durability: &str) -> Result<Server>
         "[node]\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[storage]\ndurability = {durability:?}\n[log]\nlevel = \"warn\"\n",
         dir.join("data").display().to_string(),
     );
+    serve_config(bin, dir, durability, config, &text).await
+}
+
+/// Write `text` to `config`, start `dotkv serve` on it (log in `dir`), and
+/// wait until it is healthy.
+pub(crate) async fn serve_config(
+    bin: &Path,
+    dir: &Path,
+    durability: &str,
+    config: PathBuf,
+    text: &str,
+) -> Result<Server> {
     std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
     let name = format!("dotkv ({durability})");
     let server = Server::start(Spawn {

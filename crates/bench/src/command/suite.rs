@@ -38,7 +38,7 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::command::replication::{self, cores, loadavg, machine, thousands};
 use crate::command::run::warn_about;
-use crate::command::single_node::wait_healthy;
+use crate::command::single_node::serve_config;
 use crate::generator::{self, LoadConfig};
 use crate::plot::{Chart, Panel, Series};
 use crate::process::{Server, Spawn};
@@ -871,29 +871,7 @@ async fn start_dotkv(
         cert = cert.display().to_string(),
         key = key.display().to_string(),
     );
-    std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
-    let name = format!("dotkv ({durability})");
-    let server = Server::start(Spawn {
-        name: &name,
-        program: bin,
-        args: vec![
-            OsString::from("serve"),
-            OsString::from("--config"),
-            config.into_os_string(),
-        ],
-        ready_prefix: "dotkv: listening on http://",
-        ready_within: STARTUP_DEADLINE,
-        known_addr: None,
-        log: Some(dir.join(format!("dotkv-{durability}.log"))),
-    })
-    .await?;
-    wait_healthy(
-        &HttpTarget::new(server.addr),
-        Instant::now() + STARTUP_DEADLINE,
-    )
-    .await
-    .with_context(|| format!("{name} at {}", server.addr))?;
-    Ok(server)
+    serve_config(bin, dir, durability, config, &text).await
 }
 
 /// Start Redis with the AOF on and no fsync, no RDB snapshots, on `addr`,

@@ -10,6 +10,7 @@
 //! multiplexes its requests over one connection, which is how the protocol is
 //! meant to be used, and what `dotkv_client::Client::quic` does.
 
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +21,7 @@ use dotkv_replication::{
     load_client_trust, Alpn, CancellationToken, Transport, TransportConfig, TransportError,
 };
 
-use super::{answer_of, rest_form, Answer, Connection, Target, TargetError};
+use super::{answer_of, rest_form, Answer, SingleOp, Target, TargetError};
 use crate::workload::Op;
 
 /// dotkv's QUIC API at `addr`.
@@ -161,21 +162,8 @@ impl QuicConnection {
     }
 }
 
-impl Connection for QuicConnection {
-    async fn execute(&mut self, op: &Op) -> Result<Answer, TargetError> {
-        match op {
-            Op::ReadModifyWrite { key, value } => {
-                let read = self.one(&Op::RegisterGet { key: *key }).await?;
-                if read != Answer::Ok {
-                    return Ok(read);
-                }
-                self.one(&Op::RegisterPut {
-                    key: *key,
-                    value: value.clone(),
-                })
-                .await
-            }
-            op => self.one(op).await,
-        }
+impl SingleOp for QuicConnection {
+    fn single(&mut self, op: &Op) -> impl Future<Output = Result<Answer, TargetError>> + Send {
+        self.one(op)
     }
 }

@@ -8,6 +8,7 @@
 //! as each has its own namespace in dotkv. A `GET` of a missing key counts as
 //! an error, like dotkv's 404: every read of a loaded record must find it.
 
+use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 
@@ -15,7 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Answer, Connection, Target, TargetError};
+use super::{connect_tcp, Answer, SingleOp, Target, TargetError};
 use crate::workload::Op;
 
 /// Largest bulk string or array this client reads: far above anything the
@@ -43,12 +44,7 @@ impl Target for RedisTarget {
 
     async fn connect(&self) -> Result<RedisConnection, TargetError> {
         let addr = self.addr;
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| TargetError::Connect { addr, source })?;
-        stream
-            .set_nodelay(true)
-            .map_err(|source| TargetError::Connect { addr, source })?;
+        let stream = connect_tcp(addr).await?;
         Ok(RedisConnection {
             stream,
             out: Vec::with_capacity(2048),
@@ -151,22 +147,9 @@ impl RedisConnection {
     }
 }
 
-impl Connection for RedisConnection {
-    async fn execute(&mut self, op: &Op) -> Result<Answer, TargetError> {
-        match op {
-            Op::ReadModifyWrite { key, value } => {
-                let read = self.one(&Op::RegisterGet { key: *key }).await?;
-                if read != Answer::Ok {
-                    return Ok(read);
-                }
-                self.one(&Op::RegisterPut {
-                    key: *key,
-                    value: value.clone(),
-                })
-                .await
-            }
-            op => self.one(op).await,
-        }
+impl SingleOp for RedisConnection {
+    fn single(&mut self, op: &Op) -> impl Future<Output = Result<Answer, TargetError>> + Send {
+        self.one(op)
     }
 }
 
