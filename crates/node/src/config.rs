@@ -194,6 +194,10 @@ pub struct StorageSection {
     /// Memory for the writer's cache of recently committed rows, in MiB
     /// (0: off).
     pub row_cache_mb: usize,
+    /// Under `durability = "wal"`, let the request's own runtime thread
+    /// commit local writes (flat combining) instead of handing every one to
+    /// the writer thread.
+    pub inline_commits: bool,
 }
 
 impl Default for StorageSection {
@@ -205,6 +209,7 @@ impl Default for StorageSection {
             write_queue: 4096,
             max_commit_group: 512,
             row_cache_mb: 32,
+            inline_commits: true,
         }
     }
 }

@@ -332,6 +332,13 @@ async fn metrics(State(node): State<Shared>, method: Method) -> Result<Response>
     );
     gauge(
         &mut out,
+        "dotkv_storage_inline_commits_total",
+        "counter",
+        "Of the commits, those made by the task serving a write rather than by the writer thread (durability=wal).",
+        ws.inline_commits.load(Relaxed),
+    );
+    gauge(
+        &mut out,
         "dotkv_storage_write_requests_total",
         "counter",
         "Local write requests committed.",

@@ -79,6 +79,7 @@ impl Node {
                 max_group: s.max_commit_group,
                 log_local_groups: !config.peers.is_empty(),
                 row_cache_bytes: s.row_cache_mb << 20,
+                inline_commits: s.inline_commits,
             },
         )?;
         let cancel = CancellationToken::new();

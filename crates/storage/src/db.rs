@@ -556,6 +556,14 @@ impl Store {
         }
     }
 
+    /// Whether RocksDB is stopping or slowing writes down, because flushes
+    /// or compactions are behind.
+    pub fn write_stalled(&self) -> bool {
+        let prop = |name: &str| self.db().property_int_value(name).ok().flatten();
+        prop("rocksdb.is-write-stopped").is_some_and(|v| v > 0)
+            || prop("rocksdb.actual-delayed-write-rate").is_some_and(|v| v > 0)
+    }
+
     /// RocksDB's latest sequence number: grows with every commit.
     pub fn latest_seq(&self) -> u64 {
         self.db().latest_sequence_number()

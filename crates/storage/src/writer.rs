@@ -1,9 +1,22 @@
-//! The single writer: every mutation of the database goes through one thread,
-//! which takes whatever requests are queued (up to a bound), applies them one
-//! after another through an overlay, and commits them in one `WriteBatch`, with
-//! one WAL write and, under `durability = "fsync"`, one fsync for all of them.
-//! A request that fails (say, a counter overflow) is left out of the batch
-//! without affecting the others.
+//! The single writer: every mutation of the database goes through one
+//! worker, which takes whatever requests are queued (up to a bound), applies
+//! them one after another through an overlay, and commits them in one
+//! `WriteBatch`, with one WAL write and, under `durability = "fsync"`, one
+//! fsync for all of them. A request that fails (say, a counter overflow) is
+//! left out of the batch without affecting the others.
+//!
+//! The worker sits behind a mutex, and whoever holds it commits. Under the
+//! default durability, a local write is committed by the task that asked for
+//! it (flat combining): it queues its request, and if the worker is free it
+//! takes it and commits every queued request in one group, its own among
+//! them; if the worker is busy, the holder commits the queued requests before
+//! it lets go. Each commit is a WAL write of tens of microseconds, so the
+//! runtime thread is held briefly, and no request has to wake another thread
+//! and wait to be woken in turn, which on two cores cost more than the commit
+//! itself. The writer thread commits everything else: groups from peers,
+//! anti-entropy, log trims, every write under `durability = "fsync"` (an
+//! fsync would hold a runtime thread for hundreds of microseconds), and local
+//! writes while commits are slow (a RocksDB write stall).
 
 use crate::apply::{log_group, Applier, Overlay, RowCache, Rows};
 use crate::db::{encode_state, Store, CF_DELTAS, CF_META};
@@ -12,10 +25,11 @@ use crate::model::{DeltaGroup, DeltaOp, Op, OpOutput};
 use crate::StorageError;
 use dotkv_crdt::{Hlc, HlcClock, ReplicaId, SystemClock, VersionVector, WallClock};
 use rocksdb::{WriteBatch, WriteOptions};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// When an acknowledged write is durable.
@@ -46,6 +60,10 @@ pub struct WriterOptions {
     /// write to a hot key reads its current value without asking RocksDB
     /// (0: off).
     pub row_cache_bytes: usize,
+    /// Let local writes be committed by the tasks that ask for them, as
+    /// described in the module's documentation. Only under
+    /// `Durability::Wal`; under fsync the writer thread commits everything.
+    pub inline_commits: bool,
 }
 
 impl Default for WriterOptions {
@@ -56,6 +74,7 @@ impl Default for WriterOptions {
             max_group: 512,
             log_local_groups: true,
             row_cache_bytes: 32 << 20,
+            inline_commits: true,
         }
     }
 }
@@ -84,6 +103,8 @@ pub struct Committed {
 #[derive(Debug, Default)]
 pub struct WriterStats {
     pub commits: AtomicU64,
+    /// Of `commits`, those made by a request's own task, not the thread.
+    pub inline_commits: AtomicU64,
     pub requests: AtomicU64,
     pub rejected: AtomicU64,
     pub remote_groups: AtomicU64,
@@ -111,16 +132,20 @@ enum Request {
     TrimLog {
         upto: VersionVector,
     },
+    /// Wakes the thread to commit requests queued for inline commits that
+    /// no task is left to commit.
+    Drain,
     Stop,
 }
 
 /// The pending answer to [`Writer::submit_remote`].
 pub type RemoteReply = oneshot::Receiver<Result<bool, StorageError>>;
 
-/// Handle to the writer thread. Clones share it.
+/// Handle to the writer. Clones share it.
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Request>,
+    core: Arc<Core>,
     committed: watch::Receiver<Arc<Committed>>,
     stats: Arc<WriterStats>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
@@ -134,7 +159,7 @@ impl Writer {
     }
 
     /// Start the writer with a given wall clock (tests skew it).
-    pub fn start_with_clock<C: WallClock + 'static>(
+    pub fn start_with_clock<C: WallClock + Send + 'static>(
         store: Store,
         opts: WriterOptions,
         clock: C,
@@ -148,20 +173,33 @@ impl Writer {
         }));
         let stats = Arc::new(WriterStats::default());
         let replica = store.replica();
-        let mut worker = Worker {
-            store,
-            cache: RowCache::new(opts.row_cache_bytes),
-            opts,
-            vv,
-            hlc,
-            vv_tx,
+        let core = Arc::new(Core {
+            inline: opts.inline_commits && opts.durability == Durability::Wal,
+            max_group: opts.max_group.max(1),
+            pending_cap: opts.queue_depth.max(1),
+            pending: Mutex::new(Pending::default()),
+            slow_until_ms: AtomicU64::new(0),
+            next_stall_check_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            store: Mutex::new(Some(store.clone())),
             stats: stats.clone(),
-        };
+            worker: Mutex::new(Some(Box::new(Worker {
+                store,
+                cache: RowCache::new(opts.row_cache_bytes),
+                opts,
+                vv,
+                hlc,
+                vv_tx,
+                stats: stats.clone(),
+            }))),
+        });
+        let thread_core = core.clone();
         let thread = std::thread::Builder::new()
             .name("dotkv-writer".into())
-            .spawn(move || worker.run(rx))?;
+            .spawn(move || thread_core.run_thread(rx))?;
         Ok(Writer {
             tx,
+            core,
             committed: vv_rx,
             stats,
             thread: Arc::new(Mutex::new(Some(thread))),
@@ -172,11 +210,44 @@ impl Writer {
     /// Apply `ops` atomically as one local delta group.
     pub async fn write(&self, ops: Vec<Op>) -> Result<WriteOutcome, StorageError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Local { ops, reply })
-            .await
-            .map_err(|_| StorageError::WriterStopped)?;
+        match self.core.queue_inline(Request::Local { ops, reply }) {
+            Ok(()) => {
+                if self.core.combine() {
+                    self.hand_over();
+                }
+            }
+            Err(request) => self
+                .tx
+                .send(request)
+                .await
+                .map_err(|_| StorageError::WriterStopped)?,
+        }
         rx.await.map_err(|_| StorageError::WriterStopped)?
+    }
+
+    /// Requests are still queued after a bounded run of inline commits: a
+    /// new task on this runtime goes on with them once the current one has
+    /// yielded, so the task that committed can answer its own client. Out
+    /// of a runtime, the writer thread takes them.
+    fn hand_over(&self) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let writer = self.clone();
+                rt.spawn(async move {
+                    // Each round commits at least one group, and the queue is
+                    // bounded, so this ends unless writes keep coming; then
+                    // each turn yields to them.
+                    while writer.core.combine() {
+                        tokio::task::yield_now().await;
+                    }
+                });
+            }
+            Err(_) => {
+                // Full means the thread is awake and will drain the queue
+                // after its next commit.
+                let _ = self.tx.try_send(Request::Drain);
+            }
+        }
     }
 
     /// Apply a group from another replica. `Ok(false)` if it was applied before.
@@ -270,7 +341,7 @@ impl Writer {
 
     /// Requests waiting for the writer.
     pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.tx.max_capacity() - self.tx.capacity() + self.core.pending_len()
     }
 
     /// Commit what is queued, then stop the thread and wait for it.
@@ -308,28 +379,246 @@ enum Reply {
     ),
 }
 
-impl<C: WallClock> Worker<C> {
-    fn run(&mut self, mut rx: mpsc::Receiver<Request>) {
+/// What the thread and the tasks committing inline share.
+struct Core {
+    /// `None` once the thread has stopped: the store it holds is released
+    /// then, not when the last handle goes.
+    worker: Mutex<Option<Box<dyn Commit>>>,
+    pending: Mutex<Pending>,
+    /// Whether local writes may be committed inline at all.
+    inline: bool,
+    max_group: usize,
+    /// Most requests queued for inline commits; beyond it, writes wait for
+    /// room in the thread's channel.
+    pending_cap: usize,
+    /// Inline commits are off until this many milliseconds after `epoch`,
+    /// because RocksDB stalls writes or a commit was slow.
+    slow_until_ms: AtomicU64,
+    /// When RocksDB's stall state is next looked at, in milliseconds after
+    /// `epoch`.
+    next_stall_check_ms: AtomicU64,
+    epoch: Instant,
+    /// For RocksDB's stall state; `None` once the thread has stopped, like
+    /// `worker`.
+    store: Mutex<Option<Store>>,
+    stats: Arc<WriterStats>,
+}
+
+#[derive(Default)]
+struct Pending {
+    requests: VecDeque<Request>,
+    /// The thread has stopped: nothing more is committed inline.
+    stopped: bool,
+}
+
+/// While RocksDB stalls writes (flushes or compactions are behind), or after
+/// a commit that took longer than [`SLOW_COMMIT`], local writes go through
+/// the writer thread for [`SLOW_BACKOFF`], so a stalled write holds that
+/// thread and not one of the runtime's. The threshold is well above what a
+/// commit takes when its thread is merely preempted on a busy machine.
+const SLOW_COMMIT: Duration = Duration::from_millis(20);
+const SLOW_BACKOFF: Duration = Duration::from_millis(500);
+/// How often RocksDB's stall state is looked at (it takes the DB's mutex).
+const STALL_CHECK: Duration = Duration::from_millis(100);
+
+/// Groups one task commits inline before it leaves the rest to another.
+const INLINE_ROUNDS: usize = 4;
+
+/// The worker, without its clock type.
+trait Commit: Send {
+    /// Apply and commit one group of requests. Returns whether a stop was
+    /// asked.
+    fn commit_group(&mut self, requests: Vec<Request>) -> bool;
+    /// Flush the WAL, at shutdown.
+    fn flush(&mut self);
+}
+
+impl Core {
+    fn lock_pending(&self) -> MutexGuard<'_, Pending> {
+        // Nothing panics while holding it: a poisoned lock holds a valid queue.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_worker(&self) -> MutexGuard<'_, Option<Box<dyn Commit>>> {
+        self.worker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn try_lock_worker(&self) -> Option<MutexGuard<'_, Option<Box<dyn Commit>>>> {
+        match self.worker.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    fn write_stalled(&self) -> bool {
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        store.as_ref().is_some_and(Store::write_stalled)
+    }
+
+    fn pending_len(&self) -> usize {
+        self.lock_pending().requests.len()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn back_off(&self, now_ms: u64) {
+        let until = now_ms + SLOW_BACKOFF.as_millis() as u64;
+        self.slow_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether local writes may be committed inline now.
+    fn inline_allowed(&self) -> bool {
+        if !self.inline {
+            return false;
+        }
+        let now = self.now_ms();
+        if now < self.slow_until_ms.load(Ordering::Relaxed) {
+            return false;
+        }
+        let next = self.next_stall_check_ms.load(Ordering::Relaxed);
+        let due = now >= next
+            && self
+                .next_stall_check_ms
+                .compare_exchange(
+                    next,
+                    now + STALL_CHECK.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+        if due && self.write_stalled() {
+            self.back_off(now);
+            return false;
+        }
+        true
+    }
+
+    /// Queue a local write for an inline commit, or hand it back when it
+    /// must go through the thread.
+    fn queue_inline(&self, request: Request) -> Result<(), Request> {
+        if !self.inline_allowed() {
+            return Err(request);
+        }
+        let mut p = self.lock_pending();
+        if p.stopped || p.requests.len() >= self.pending_cap {
+            return Err(request);
+        }
+        p.requests.push_back(request);
+        Ok(())
+    }
+
+    fn take_pending(&self) -> Vec<Request> {
+        let mut p = self.lock_pending();
+        let n = p.requests.len().min(self.max_group);
+        p.requests.drain(..n).collect()
+    }
+
+    /// Commit `requests` with the worker, if it is still there; without
+    /// it, dropping them answers each with `WriterStopped`.
+    fn commit(&self, worker: &mut Option<Box<dyn Commit>>, requests: Vec<Request>) -> bool {
+        let Some(worker) = worker.as_mut() else {
+            return true;
+        };
+        let started = Instant::now();
+        let stop = worker.commit_group(requests);
+        if started.elapsed() > SLOW_COMMIT {
+            self.back_off(self.now_ms());
+        }
+        stop
+    }
+
+    /// Commit queued requests while the worker is free, for at most
+    /// [`INLINE_ROUNDS`] groups. Returns whether requests are left that no
+    /// one else is sure to commit.
+    ///
+    /// Nothing is stranded: a task that queued a request and then found the
+    /// worker taken did so before the holder let go (the queue's lock orders
+    /// the two), and every holder looks at the queue again after letting go.
+    fn combine(&self) -> bool {
+        for _ in 0..INLINE_ROUNDS {
+            if self.lock_pending().requests.is_empty() {
+                return false;
+            }
+            let Some(mut worker) = self.try_lock_worker() else {
+                // The holder looks at the queue after it lets go.
+                return false;
+            };
+            let batch = self.take_pending();
+            if !batch.is_empty() {
+                self.commit(&mut worker, batch);
+                self.stats.inline_commits.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        !self.lock_pending().requests.is_empty()
+    }
+
+    /// The writer thread: commits what comes through its channel and, after
+    /// each commit, whatever is queued for inline commits.
+    fn run_thread(&self, mut rx: mpsc::Receiver<Request>) {
         let mut stop = false;
         while !stop {
             let Some(first) = rx.blocking_recv() else {
                 break;
             };
-            let mut requests = vec![first];
-            while requests.len() < self.opts.max_group {
-                match rx.try_recv() {
-                    Ok(r) => requests.push(r),
-                    Err(_) => break,
+            let mut requests = Vec::new();
+            let mut next = Some(first);
+            while let Some(r) = next.take() {
+                if !matches!(r, Request::Drain) {
+                    requests.push(r);
+                }
+                if requests.len() < self.max_group {
+                    next = rx.try_recv().ok();
                 }
             }
-            stop = self.commit_group(requests);
+            if !requests.is_empty() {
+                let mut worker = self.lock_worker();
+                stop = self.commit(&mut worker, requests);
+            }
+            // Leave the queue to inline committers unless they left it to us;
+            // a channel request waiting ends the loop, and it comes back here.
+            while !stop && rx.is_empty() {
+                let mut worker = self.lock_worker();
+                let batch = self.take_pending();
+                if batch.is_empty() {
+                    break;
+                }
+                self.commit(&mut worker, batch);
+            }
         }
+        // Stop inline commits, then commit what they left.
+        self.lock_pending().stopped = true;
+        let mut worker = self.lock_worker();
+        loop {
+            let batch = self.take_pending();
+            if batch.is_empty() {
+                break;
+            }
+            self.commit(&mut worker, batch);
+        }
+        if let Some(mut w) = worker.take() {
+            w.flush();
+        }
+        self.store.lock().unwrap_or_else(|e| e.into_inner()).take();
+        tracing::info!("writer stopped");
+    }
+}
+
+impl<C: WallClock + Send> Commit for Worker<C> {
+    fn commit_group(&mut self, requests: Vec<Request>) -> bool {
+        Worker::commit_group(self, requests)
+    }
+
+    fn flush(&mut self) {
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "flushing the WAL at shutdown failed");
         }
-        tracing::info!("writer stopped");
     }
+}
 
+impl<C: WallClock> Worker<C> {
     /// Apply and commit one group of requests. Returns whether a stop was asked.
     fn commit_group(&mut self, requests: Vec<Request>) -> bool {
         let store = self.store.clone();
@@ -344,6 +633,7 @@ impl<C: WallClock> Worker<C> {
         for req in requests {
             match req {
                 Request::Stop => stop = true,
+                Request::Drain => {}
                 Request::TrimLog { upto } => match &mut trim {
                     Some(t) => dotkv_crdt::Lattice::join(t, &upto),
                     None => trim = Some(upto),
