@@ -356,7 +356,10 @@ async fn the_log_is_trimmed_to_a_given_position() {
     w.write(vec![add("c", 1)]).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while store.log_first(me).unwrap() != Some(7) {
-        assert!(std::time::Instant::now() < deadline, "the trim was not committed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trim was not committed"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     assert!(store.delta_group(me, 6).unwrap().is_none());
