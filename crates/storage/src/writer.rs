@@ -577,15 +577,24 @@ impl Core {
                 let mut worker = self.lock_worker();
                 stop = self.commit(&mut worker, requests);
             }
-            // Leave the queue to inline committers unless they left it to us;
-            // a channel request waiting ends the loop, and it comes back here.
-            while !stop && rx.is_empty() {
-                let mut worker = self.lock_worker();
-                let batch = self.take_pending();
-                if batch.is_empty() {
+            // Commit what was queued for inline commits meanwhile: tasks that
+            // found the worker taken by this thread left it to us. The queue
+            // is looked at only while the worker is free, so a request queued
+            // after the look finds the worker free, or taken by a holder that
+            // looks again. A channel request waiting ends the loop after one
+            // round (so neither side starves the other), and the thread
+            // comes back here after committing it.
+            let mut first_round = true;
+            while !stop && (first_round || rx.is_empty()) {
+                first_round = false;
+                if self.lock_pending().requests.is_empty() {
                     break;
                 }
-                self.commit(&mut worker, batch);
+                let mut worker = self.lock_worker();
+                let batch = self.take_pending();
+                if !batch.is_empty() {
+                    self.commit(&mut worker, batch);
+                }
             }
         }
         // Stop inline commits, then commit what they left.

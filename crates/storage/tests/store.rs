@@ -570,10 +570,15 @@ async fn inline_commits_and_the_writer_thread_share_the_worker() {
             tokio::spawn(async move {
                 let mut seqs = Vec::new();
                 for i in 0..300 {
-                    let out = wa
-                        .write(vec![add(&format!("c{}", (t + i) % 4), 1)])
-                        .await
-                        .unwrap();
+                    // A request left in the queue with no one to commit it
+                    // would hang here.
+                    let out = tokio::time::timeout(
+                        std::time::Duration::from_secs(30),
+                        wa.write(vec![add(&format!("c{}", (t + i) % 4), 1)]),
+                    )
+                    .await
+                    .expect("a write was never committed")
+                    .unwrap();
                     assert!(out.vv.get(out.origin) >= out.last);
                     seqs.push((out.first, out.last));
                 }
