@@ -548,8 +548,14 @@ impl Core {
             };
             let batch = self.take_pending();
             if !batch.is_empty() {
+                // Only the holder commits, so the count moves only if this
+                // group wrote a batch (a group whose requests all failed, or
+                // one after the stop, writes none).
+                let before = self.stats.commits.load(Ordering::Relaxed);
                 self.commit(&mut worker, batch);
-                self.stats.inline_commits.fetch_add(1, Ordering::Relaxed);
+                if self.stats.commits.load(Ordering::Relaxed) != before {
+                    self.stats.inline_commits.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         !self.lock_pending().requests.is_empty()
