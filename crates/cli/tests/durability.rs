@@ -55,7 +55,17 @@ struct Ledger {
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
-    let mut n = TestNode::start();
+    sigkill_rounds(TestNode::start());
+}
+
+/// The same under `durability = "fsync"`, where every write goes through
+/// the writer thread's group commit.
+#[test]
+fn acknowledged_fsync_writes_survive_sigkill() {
+    sigkill_rounds(TestNode::start_with("[storage]\ndurability = \"fsync\"\n"));
+}
+
+fn sigkill_rounds(mut n: TestNode) {
     let mut seed: u64 = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
     let mut rand = move |bound: u64| {
         seed ^= seed << 13;

@@ -312,6 +312,9 @@ async fn remote_groups_wait_for_their_causal_past() {
     wb.stop().await;
 }
 
+/// Under fsync, concurrent writes share commits (and fsyncs), and an
+/// answered write is already published in `committed`, so the answered
+/// client's next read has a token covering it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsync_durability_commits() {
     let dir = tempfile::tempdir().unwrap();
@@ -324,18 +327,35 @@ async fn fsync_durability_commits() {
         },
     )
     .unwrap();
+    let me = w.replica();
     let tasks: Vec<_> = (0..64)
         .map(|_| {
             let w = w.clone();
-            tokio::spawn(async move { w.write(vec![add("c", 1)]).await })
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    let out = w.write(vec![add("c", 1)]).await.unwrap();
+                    let published = w.committed().borrow().vv.get(me);
+                    assert!(
+                        published >= out.last,
+                        "answered write {} not yet published ({published})",
+                        out.last
+                    );
+                }
+            })
         })
         .collect();
     for t in tasks {
-        t.await.unwrap().unwrap();
+        t.await.unwrap();
     }
-    assert_eq!(store.counter("c").unwrap().unwrap().value(), Ok(64));
-    let commits = w.stats().commits.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(commits <= 64);
+    assert_eq!(store.counter("c").unwrap().unwrap().value(), Ok(64 * 20));
+    let stats = w.stats();
+    let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(commits < 64 * 20, "no commit was shared: {commits}");
+    w.stop().await;
+    drop(w);
+    drop(store);
+    let (store, w) = open(dir.path());
+    assert_eq!(store.counter("c").unwrap().unwrap().value(), Ok(64 * 20));
     w.stop().await;
 }
 
@@ -617,8 +637,26 @@ async fn inline_commits_and_the_writer_thread_share_the_worker() {
 /// `WriterStopped`; none hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_under_inline_load_keeps_every_acknowledged_write() {
+    stop_under_load_keeps_every_acknowledged_write(Durability::Wal).await;
+}
+
+/// The same under fsync, where the writer thread commits everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_under_fsync_load_keeps_every_acknowledged_write() {
+    stop_under_load_keeps_every_acknowledged_write(Durability::Fsync).await;
+}
+
+async fn stop_under_load_keeps_every_acknowledged_write(durability: Durability) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, w) = open(dir.path());
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let w = Writer::start(
+        store.clone(),
+        WriterOptions {
+            durability,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let w = w.clone();
