@@ -2,7 +2,7 @@
 # fresh machine: they install the system packages they need (as root, apt-get).
 #
 # Everything builds with one cargo profile (release) into one target directory
-# outside the checkout, so RocksDB's C++ (about 16 minutes on 2 cores) is compiled
+# outside the checkout, so RocksDB's C++ (16 to 40 minutes on 2 cores) is compiled
 # once per machine and shared by `make`, tests, benchmarks and CI.
 
 SHELL := bash
