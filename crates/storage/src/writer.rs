@@ -10,7 +10,11 @@
 //! it (flat combining): it queues its request, and if the worker is free it
 //! takes it and commits every queued request in one group, its own among
 //! them; if the worker is busy, the holder commits the queued requests before
-//! it lets go. Each commit is a WAL write of tens of microseconds, so the
+//! it lets go. Between queueing and taking the worker, the task yields once
+//! to the runtime, so the other requests that are ready in the same turn
+//! (under load, most of the open connections) queue theirs too and share
+//! the commit, as a single-threaded server commits once per turn of its
+//! event loop. Each commit is a WAL write of tens of microseconds, so the
 //! runtime thread is held briefly, and no request has to wake another thread
 //! and wait to be woken in turn, which on two cores cost more than the commit
 //! itself. The writer thread commits everything else: groups from peers,
@@ -212,6 +216,12 @@ impl Writer {
         let (reply, rx) = oneshot::channel();
         match self.core.queue_inline(Request::Local { ops, reply }) {
             Ok(()) => {
+                // Let the tasks that are ready in this turn of the runtime
+                // queue their writes first, so one commit takes them all.
+                // A yielded task runs again after the runtime has polled for
+                // I/O and run what was ready before it; alone, it resumes
+                // at once.
+                tokio::task::yield_now().await;
                 if self.core.combine() {
                     self.hand_over();
                 }

@@ -632,6 +632,50 @@ async fn inline_commits_and_the_writer_thread_share_the_worker() {
     drop((sa, sb));
 }
 
+/// Writes that are ready in the same turn of the runtime share one inline
+/// commit: each task queues its write and yields before it commits, so the
+/// first to commit takes the others' writes too, instead of each paying its
+/// own WAL write.
+#[tokio::test(flavor = "current_thread")]
+async fn writes_ready_in_one_turn_share_an_inline_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    const WRITES: usize = 64;
+    let tasks: Vec<_> = (0..WRITES)
+        .map(|i| {
+            let w = writer.clone();
+            tokio::spawn(async move { w.write(vec![add(&format!("c{}", i % 8), 1)]).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let commits = writer
+        .stats()
+        .commits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let inline = writer
+        .stats()
+        .inline_commits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        commits <= 2,
+        "{WRITES} writes ready together took {commits} commits"
+    );
+    assert_eq!(inline, commits, "the writer thread committed local writes");
+    let mut total = 0;
+    for k in 0..8 {
+        total += store
+            .counter(&format!("c{k}"))
+            .unwrap()
+            .unwrap()
+            .value()
+            .unwrap();
+    }
+    assert_eq!(total, WRITES as i64);
+    writer.stop().await;
+}
+
 /// Stopping the writer while tasks keep writing: every write is either
 /// acknowledged, and then present after a restart, or refused with
 /// `WriterStopped`; none hangs.
