@@ -142,6 +142,19 @@ enum Request {
     Stop,
 }
 
+/// Armed while a task that queued a write for an inline commit has yielded:
+/// if its future is dropped then (a client that went away), the write is
+/// still queued and no one may come to commit it, so a new task does.
+struct HandOverOnDrop<'a>(Option<&'a Writer>);
+
+impl Drop for HandOverOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(writer) = self.0 {
+            writer.hand_over();
+        }
+    }
+}
+
 /// The pending answer to [`Writer::submit_remote`].
 pub type RemoteReply = oneshot::Receiver<Result<bool, StorageError>>;
 
@@ -220,8 +233,11 @@ impl Writer {
                 // queue their writes first, so one commit takes them all.
                 // A yielded task runs again after the runtime has polled for
                 // I/O and run what was ready before it; alone, it resumes
-                // at once.
+                // at once. Should the caller drop this future meanwhile,
+                // the guard leaves the queued write to another task.
+                let mut guard = HandOverOnDrop(Some(self));
                 tokio::task::yield_now().await;
+                guard.0 = None;
                 if self.core.combine() {
                     self.hand_over();
                 }

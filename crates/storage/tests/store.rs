@@ -676,6 +676,34 @@ async fn writes_ready_in_one_turn_share_an_inline_commit() {
     writer.stop().await;
 }
 
+/// A write whose caller goes away while it waits for its turn to commit
+/// (an HTTP client that disconnected) is still committed, without another
+/// write coming to take it along.
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_dropped_while_it_waits_to_commit_is_still_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    // Poll the write once (it queues its request and yields), then drop it.
+    let mut write = Box::pin(writer.write(vec![add("gone", 7)]));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        std::future::Future::poll(write.as_mut(), &mut cx).is_pending(),
+        "the write finished in its first poll"
+    );
+    drop(write);
+    let mut committed = writer.committed();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        committed.wait_for(|c| c.vv.get(store.replica()) >= 1),
+    )
+    .await
+    .expect("the dropped write was never committed")
+    .unwrap();
+    assert_eq!(store.counter("gone").unwrap().unwrap().value().unwrap(), 7);
+    assert_eq!(writer.queued(), 0);
+    writer.stop().await;
+}
+
 /// Stopping the writer while tasks keep writing: every write is either
 /// acknowledged, and then present after a restart, or refused with
 /// `WriterStopped`; none hangs.
