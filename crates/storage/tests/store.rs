@@ -37,6 +37,20 @@ fn set_remove(key: &str, elems: &[&str]) -> Op {
     }
 }
 
+/// The sum of counters `c0` to `c{n-1}`, each of which must exist.
+fn sum_of_counters(store: &Store, n: usize) -> i64 {
+    (0..n)
+        .map(|k| {
+            store
+                .counter(&format!("c{k}"))
+                .unwrap()
+                .unwrap()
+                .value()
+                .unwrap()
+        })
+        .sum()
+}
+
 fn register_value(store: &Store, key: &str) -> Option<String> {
     let state = store.register(key).unwrap()?;
     state
@@ -616,16 +630,7 @@ async fn inline_commits_and_the_writer_thread_share_the_worker() {
         assert!(w[0].1 < w[1].0, "overlapping sequence numbers: {w:?}");
     }
     assert_eq!(seqs.len(), 16 * 300);
-    let mut total = 0;
-    for k in 0..4 {
-        total += sa
-            .counter(&format!("c{k}"))
-            .unwrap()
-            .unwrap()
-            .value()
-            .unwrap();
-    }
-    assert_eq!(total, 16 * 300 + 200 * 1000);
+    assert_eq!(sum_of_counters(&sa, 4), 16 * 300 + 200 * 1000);
     assert_eq!(wa.queued(), 0);
     wa.stop().await;
     wb.stop().await;
@@ -663,16 +668,7 @@ async fn writes_ready_in_one_turn_share_an_inline_commit() {
         "{WRITES} writes ready together took {commits} commits"
     );
     assert_eq!(inline, commits, "the writer thread committed local writes");
-    let mut total = 0;
-    for k in 0..8 {
-        total += store
-            .counter(&format!("c{k}"))
-            .unwrap()
-            .unwrap()
-            .value()
-            .unwrap();
-    }
-    assert_eq!(total, WRITES as i64);
+    assert_eq!(sum_of_counters(&store, 8), WRITES as i64);
     writer.stop().await;
 }
 
