@@ -347,6 +347,28 @@ fn every_error_status() {
         "method_not_allowed",
     );
     expect(n.post("/v1/status", "{}"), 405, "method_not_allowed");
+    // A 405 names the methods the route takes in `Allow`.
+    let r = n.put("/v1/counter/c", r#"{"add":1}"#);
+    assert_eq!(r.header("allow"), Some("GET, HEAD, POST, DELETE"));
+    assert_eq!(n.get("/v1/batch").header("allow"), Some("POST"));
+    assert_eq!(
+        n.req("DELETE", "/v1/counter", None).header("allow"),
+        Some("GET, HEAD")
+    );
+    // HEAD answers as GET would, without the body.
+    let got = n.get("/v1/counter/c");
+    let head = n.req("HEAD", "/v1/counter/c", None);
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty(), "HEAD answered with a body");
+    assert_eq!(
+        head.header("content-length"),
+        Some(got.body.len().to_string().as_str())
+    );
+    assert!(head.header("x-dotkv-token").is_some());
+    assert_eq!(n.req("HEAD", "/v1/register/never", None).status, 404);
+    for path in ["/v1/counter?prefix=", "/v1/status", "/metrics", "/health"] {
+        assert_eq!(n.req("HEAD", path, None).status, 200, "HEAD {path}");
+    }
     // 409: counter overflow, both ways; the node keeps its value.
     n.post("/v1/counter/big", &json!({"add": i64::MAX}).to_string());
     expect(n.post("/v1/counter/big", r#"{"add": 1}"#), 409, "conflict");
@@ -555,6 +577,123 @@ fn auth_and_overload() {
         r.text()
     );
     assert_eq!(holder.join().unwrap(), 504);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A client cannot hold the node's connections without sending requests: slow
+/// headers and idle keep-alive connections are closed after
+/// `http.header_timeout_ms`, and a connection over `http.max_connections` is
+/// answered with 503 and closed.
+#[test]
+fn connections_are_bounded() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let text = common::config_text(&dir.path().join("d"), "127.0.0.1:0", "").replace(
+        "[http]\n",
+        "[http]\nmax_connections = 3\nheader_timeout_ms = 1000\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (mut child, addr) = common::spawn(&cfg);
+    let connect = || {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    };
+    // Read until the node closes the connection; returns what it sent and
+    // how long that took.
+    let until_closed = |s: &mut TcpStream| {
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("the node kept the connection open: {e}"),
+            }
+        }
+        (got, started.elapsed())
+    };
+
+    // Headers that never end.
+    let mut s = connect();
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n").unwrap();
+    let (got, took) = until_closed(&mut s);
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert!(took >= Duration::from_millis(500), "closed after {took:?}");
+
+    // A keep-alive connection that goes quiet after one request.
+    let mut s = connect();
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let (got, _) = until_closed(&mut s);
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // Three connections held open; a fourth is refused with 503, and once
+    // they close a new one is served.
+    let held: Vec<TcpStream> = (0..3).map(|_| connect()).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let r = request(addr, "GET", "/health", &[], None);
+        if r.status == 503 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (503, "not_ready"),
+        "{}",
+        refused.text()
+    );
+    assert!(
+        refused.text().contains("max_connections"),
+        "{}",
+        refused.text()
+    );
+    drop(held);
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match common::try_request(addr, "GET", b"/health", &[], None) {
+            Ok(r) if r.status == 200 => break,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no slot came back: {:?}",
+                    other.map(|r| r.status)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let m = request(addr, "GET", "/metrics", &[], None).text();
+    assert!(
+        metric(&m, "dotkv_http_connections_refused_total") >= 1,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "dotkv_http_connections_accepted_total") >= 5,
+        "{m}"
+    );
+    // This request's own connection is open; the held ones are closed.
+    assert!(
+        (1..=3).contains(&metric(&m, "dotkv_http_connections_open")),
+        "{m}"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

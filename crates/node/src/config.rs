@@ -167,6 +167,13 @@ pub struct HttpSection {
     pub request_timeout_ms: u64,
     /// How long a graceful shutdown waits for requests in flight, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Most HTTP connections open at once; one more is answered with 503 and
+    /// closed.
+    pub max_connections: usize,
+    /// Longest an HTTP/1 connection may take to send a request's headers,
+    /// idle time before them included, in milliseconds. HTTP/2 connections
+    /// are pinged at this interval.
+    pub header_timeout_ms: u64,
 }
 
 impl Default for HttpSection {
@@ -177,6 +184,8 @@ impl Default for HttpSection {
             queue_timeout_ms: 2_000,
             request_timeout_ms: 120_000,
             shutdown_grace_ms: 10_000,
+            max_connections: 4096,
+            header_timeout_ms: 30_000,
         }
     }
 }
@@ -302,6 +311,9 @@ impl Config {
         }
         if l.max_body_bytes == 0 || l.max_value_bytes == 0 {
             return Err("limits.max_body_bytes and limits.max_value_bytes must be positive".into());
+        }
+        if self.http.max_connections == 0 || self.http.header_timeout_ms == 0 {
+            return Err("http.max_connections and http.header_timeout_ms must be positive".into());
         }
         if self.storage.write_queue == 0 || self.storage.max_commit_group == 0 {
             return Err("storage.write_queue and storage.max_commit_group must be positive".into());

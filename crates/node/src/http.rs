@@ -263,16 +263,34 @@ fn truncate(s: &str) -> String {
     }
 }
 
-fn method_not_allowed(method: &Method, what: &str, allowed: &str) -> HttpError {
-    HttpError(ApiError::new(
+/// A 405 answer, with the `Allow` header HTTP requires of it.
+fn method_not_allowed(method: &Method, what: &str, allowed: &'static str) -> Response {
+    let mut resp = HttpError(ApiError::new(
         ErrorCode::MethodNotAllowed,
         format!("{method} is not allowed on {what}; allowed: {allowed}"),
     ))
+    .into_response();
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allowed));
+    resp
+}
+
+/// HEAD is answered as GET; hyper leaves the body out.
+fn head_as_get(method: Method) -> Method {
+    if method == Method::HEAD {
+        Method::GET
+    } else {
+        method
+    }
+}
+
+fn is_get_or_head(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
 }
 
 async fn health(State(node): State<Shared>, method: Method) -> Result<Response> {
-    if method != Method::GET && method != Method::HEAD {
-        return Err(method_not_allowed(&method, "/health", "GET"));
+    if !is_get_or_head(&method) {
+        return Ok(method_not_allowed(&method, "/health", "GET, HEAD"));
     }
     if !node.is_ready() {
         return Err(ApiError::new(ErrorCode::NotReady, "shutting down").into());
@@ -288,11 +306,33 @@ async fn health(State(node): State<Shared>, method: Method) -> Result<Response> 
 async fn metrics(State(node): State<Shared>, method: Method) -> Result<Response> {
     use crate::metrics::gauge;
     use std::sync::atomic::Ordering::Relaxed;
-    if method != Method::GET {
-        return Err(method_not_allowed(&method, "/metrics", "GET"));
+    if !is_get_or_head(&method) {
+        return Ok(method_not_allowed(&method, "/metrics", "GET, HEAD"));
     }
     let mut out = String::with_capacity(8192);
     node.metrics.render_requests(&mut out);
+    let conns = &node.connections;
+    gauge(
+        &mut out,
+        "dotkv_http_connections_open",
+        "gauge",
+        "HTTP connections open now.",
+        conns.open.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "dotkv_http_connections_accepted_total",
+        "counter",
+        "HTTP connections accepted and served.",
+        conns.accepted.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "dotkv_http_connections_refused_total",
+        "counter",
+        "HTTP connections answered 503 and closed because http.max_connections were open.",
+        conns.refused.load(Relaxed),
+    );
     let st = node.store.stats();
     gauge(
         &mut out,
@@ -735,8 +775,8 @@ async fn object(
     let key = key.unwrap_or_default();
     dotkv_api::validate_key(&key, &node.config.limits)?;
     let limit = node.config.limits.max_body_bytes;
-    let is_read = method == Method::GET || method == Method::HEAD;
-    if is_read {
+    let method = head_as_get(method);
+    if method == Method::GET {
         let q: WaitQuery = query(&uri)?;
         await_token(&node, &headers, timeout_of(&node, q.timeout_ms)?).await?;
     }
@@ -907,10 +947,10 @@ async fn object(
         }
         (t, m) => {
             let allowed = match t {
-                CrdtType::Counter | CrdtType::Set | CrdtType::Flag => "GET, POST, DELETE",
-                CrdtType::Register | CrdtType::MvRegister => "GET, PUT, DELETE",
+                CrdtType::Counter | CrdtType::Set | CrdtType::Flag => "GET, HEAD, POST, DELETE",
+                CrdtType::Register | CrdtType::MvRegister => "GET, HEAD, PUT, DELETE",
             };
-            Err(method_not_allowed(
+            Ok(method_not_allowed(
                 &m,
                 &format!("/v1/{}/{{key}}", t.as_str()),
                 allowed,
@@ -927,11 +967,11 @@ async fn list(
 ) -> Result<Response> {
     let (t, _) = path_parts(&uri)?;
     let t = parse_type(&t)?;
-    if method != Method::GET {
-        return Err(method_not_allowed(
+    if !is_get_or_head(&method) {
+        return Ok(method_not_allowed(
             &method,
             &format!("/v1/{}", t.as_str()),
-            "GET",
+            "GET, HEAD",
         ));
     }
     let q: ListQuery = query(&uri)?;
@@ -960,7 +1000,7 @@ async fn batch(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     if method != Method::POST {
-        return Err(method_not_allowed(&method, "/v1/batch", "POST"));
+        return Ok(method_not_allowed(&method, "/v1/batch", "POST"));
     }
     let body = body_bytes(body, node.config.limits.max_body_bytes)?;
     let req: Batch = parse_object_body(&headers, &body)?;
@@ -979,8 +1019,8 @@ async fn batch(
 }
 
 async fn status(State(node): State<Shared>, method: Method) -> Result<Response> {
-    if method != Method::GET {
-        return Err(method_not_allowed(&method, "/v1/status", "GET"));
+    if !is_get_or_head(&method) {
+        return Ok(method_not_allowed(&method, "/v1/status", "GET, HEAD"));
     }
     let c = node.writer.committed().borrow().clone();
     let status = Status {

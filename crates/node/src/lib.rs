@@ -4,6 +4,7 @@
 //! - [`config`]: the TOML configuration, its embedded default and `DOTKV_*`
 //!   environment overrides;
 //! - [`http`]: the HTTP API of the contract (`DESIGN.md`), on axum;
+//! - [`server`]: the HTTP listener and the bounds on its connections;
 //! - [`token`]: causal tokens (`X-Dotkv-Token`);
 //! - [`metrics`]: Prometheus text metrics;
 //! - [`node`]: wiring and lifecycle.
@@ -13,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod quic_api;
+pub mod server;
 pub mod token;
 
 pub use config::Config;

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::quic_api::{serve_client_connection, QuicApiLimits};
+use crate::server::{self, ConnectionLimits, ConnectionStats};
 use dotkv_api::ApiError;
 use dotkv_crdt::VersionVector;
 use dotkv_replication::{
@@ -32,8 +33,6 @@ pub enum NodeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("http server: {0}")]
-    Serve(std::io::Error),
     #[error("TLS identity: {0}")]
     Tls(#[from] dotkv_replication::TlsError),
     #[error("QUIC endpoint: {0}")]
@@ -49,6 +48,8 @@ pub struct Node {
     pub started: Instant,
     /// Bounds the requests in flight (`http.max_in_flight`).
     pub in_flight: Semaphore,
+    /// The HTTP listener's connection counts.
+    pub connections: Arc<ConnectionStats>,
     /// Replication with the configured peers, when the QUIC endpoint is on.
     pub replicator: Option<Replicator>,
     /// Stops the QUIC endpoint and replication.
@@ -130,6 +131,7 @@ impl Node {
         };
         Ok(Arc::new(Node {
             in_flight: Semaphore::new(config.http.max_in_flight.max(1)),
+            connections: Arc::default(),
             config,
             store,
             writer,
@@ -232,19 +234,28 @@ pub async fn serve(
     node.serve_quic(app.clone());
     let grace = Duration::from_millis(node.config.http.shutdown_grace_ms);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stop_tx.send(());
-    });
-    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
-    let result = tokio::select! {
-        r = &mut server => r,
+    let limits = ConnectionLimits {
+        max_connections: node.config.http.max_connections,
+        header_timeout: Duration::from_millis(node.config.http.header_timeout_ms),
+    };
+    let server = server::serve(
+        listener,
+        app,
+        limits,
+        node.connections.clone(),
+        async move {
+            shutdown.await;
+            let _ = stop_tx.send(());
+        },
+    );
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        _ = &mut server => {}
         _ = async {
             let _ = stop_rx.await;
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "requests still in flight after the grace period; closing");
-            Ok(())
         }
     };
     node.ready.store(false, Ordering::Release);
@@ -262,7 +273,7 @@ pub async fn serve(
     node.cancel.cancel();
     node.writer.stop().await;
     tracing::info!("stopped");
-    result.map_err(NodeError::Serve)
+    Ok(())
 }
 
 /// Run a node with `config` until SIGTERM or SIGINT.

@@ -1,7 +1,9 @@
 //! `dotkv-bench hello`: the smallest useful axum server (`GET /` answers
-//! `hello`). It runs on the same HTTP stack as dotkv (axum on hyper, default
-//! `axum::serve` settings), so its throughput under the same load generator is
-//! the ceiling any dotkv route can reach on this machine.
+//! `hello`), served by `axum::serve` with its defaults. dotkv runs on the same
+//! stack (axum on hyper-util's connection builder), so hello's throughput under
+//! the same load generator is the ceiling any dotkv route can reach on this
+//! machine. dotkv's listener adds what hello leaves out: a cap on open
+//! connections and a header timeout, whose timer is reset on every request.
 
 use std::net::SocketAddr;
 
