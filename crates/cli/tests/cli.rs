@@ -182,6 +182,15 @@ async fn registers_flags_keys_delete() {
     assert_eq!(run.stdout, "a\nb\n");
     assert_eq!(run.stderr, "more: --after b\n");
     assert_eq!(last(&server).path_and_query(), "/v1/set?prefix=a&limit=2");
+
+    let server = answering(json!({"keys": [], "next": null})).await;
+    let run = dotkv(&server.url(), &["keys", "set"], "").await;
+    assert_eq!(
+        (run.code, run.stdout.as_str(), run.stderr.as_str()),
+        (0, "", "no keys\n")
+    );
+    let run = dotkv(&server.url(), &["keys", "set", "--json"], "").await;
+    assert_eq!(run.stdout, "{\"keys\":[],\"next\":null}\n");
 }
 
 #[tokio::test]
@@ -311,4 +320,11 @@ async fn status_and_health() {
     let run = dotkv(&server.url(), &["health", "--json"], "").await;
     assert_eq!(run.stdout, "\"ok\"\n");
     assert_eq!(last(&server).path, "/health");
+
+    // What a real node answers.
+    let server = answering(json!({"status": "ok"})).await;
+    let run = dotkv(&server.url(), &["health"], "").await;
+    assert_eq!((run.code, run.stdout.as_str()), (0, "ok\n"));
+    let run = dotkv(&server.url(), &["health", "--json"], "").await;
+    assert_eq!(run.stdout, "{\"status\":\"ok\"}\n");
 }

@@ -13,7 +13,15 @@ pub async fn run(ctx: &Ctx) -> Result<(), CliError> {
             stdout_line(&serde_json::Value::String(body.to_owned()).to_string());
         }
     } else {
-        stdout_line(if body.is_empty() { "ok" } else { body });
+        // The node answers {"status":"ok"}; a person reads just the status.
+        let status = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("status")?.as_str().map(str::to_owned));
+        stdout_line(match &status {
+            Some(s) => s,
+            None if body.is_empty() => "ok",
+            None => body,
+        });
     }
     ctx.emit_token(answer.token.as_deref());
     Ok(())

@@ -31,6 +31,12 @@ pub async fn run(args: KeysArgs, ctx: &Ctx) -> Result<(), CliError> {
         .client
         .list(args.crdt_type, args.prefix.as_deref(), &page, &ctx.read)
         .await?;
+    if answer.value.keys.is_empty() && !ctx.json() {
+        // Nothing on stdout, so a script reading lines gets none.
+        stderr_line("no keys");
+        ctx.emit_token(answer.token.as_deref());
+        return Ok(());
+    }
     ctx.emit(&answer, |v| v.keys.join("\n"));
     if let (false, Some(next)) = (ctx.json(), &answer.value.next) {
         stderr_line(&format!("more: --after {next}"));
