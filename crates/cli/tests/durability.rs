@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{try_request, TestNode};
+use common::{request, try_request, TestNode};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -230,4 +230,127 @@ fn restart_keeps_identity_and_sigterm_is_graceful() {
     assert_eq!(n.get("/v1/counter/c").json()["value"], 41);
     n.put("/v1/register/r", "\"after\"");
     assert_eq!(n.get("/v1/register/r").json()["value"], "after");
+}
+
+/// Unmounts the test's tmpfs, whatever happens to the test.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk: writes get 503 `not_ready` and nothing unacknowledged, reads
+/// keep working, writes come back once there is space, and every write
+/// acknowledged before the disk filled survives a SIGKILL and a restart.
+/// Needs root, to mount a small tmpfs for the data directory.
+#[test]
+fn a_full_disk_refuses_writes_and_loses_nothing() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let _mount = Mount(mnt.clone());
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        common::config_text(&mnt.join("data"), "127.0.0.1:0", ""),
+    )
+    .unwrap();
+    let (child, addr) = common::spawn(&cfg);
+    // Declared after the mount, so the node is killed before the unmount.
+    let mut n = TestNode {
+        child: Some(child),
+        addr,
+        dir: tempfile::tempdir().unwrap(),
+        config: cfg,
+    };
+    let put = |addr, key: &str, value: &str| {
+        request(
+            addr,
+            "PUT",
+            &format!("/v1/register/{key}"),
+            &[("content-type", "application/json")],
+            Some(value.as_bytes()),
+        )
+    };
+    // 900 KB values: the WAL fills the 40 MB disk long before a flush.
+    let value = serde_json::to_string(&"v".repeat(900_000)).unwrap();
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..100 {
+        let key = format!("r{i}");
+        let r = put(addr, &key, &value);
+        match r.status {
+            200 => acked.push(key),
+            _ => {
+                refused = Some(r);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a 40 MB disk took 90 MB of writes");
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (503, "not_ready"),
+        "{}",
+        refused.text()
+    );
+    assert!(
+        refused.text().contains("not acknowledged"),
+        "{}",
+        refused.text()
+    );
+    assert!(!acked.is_empty());
+    // Reads are served from what is committed.
+    let r = request(
+        addr,
+        "GET",
+        &format!("/v1/register/{}", acked[0]),
+        &[],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["value"].as_str().map(str::len), Some(900_000));
+
+    // Room again: RocksDB resumes on its own, and writes are accepted.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=512m"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = put(addr, "after", "\"small\"");
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes did not resume: {}",
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    n.kill9();
+    n.restart();
+    for key in acked.iter().chain(std::iter::once(&"after".to_string())) {
+        let r = request(n.addr, "GET", &format!("/v1/register/{key}"), &[], None);
+        assert_eq!(r.status, 200, "acknowledged {key} lost: {}", r.text());
+    }
 }

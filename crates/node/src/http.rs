@@ -55,6 +55,14 @@ impl From<StorageError> for HttpError {
             StorageError::WriterStopped => {
                 ApiError::new(ErrorCode::NotReady, "the node is shutting down")
             }
+            // The writer logs the failure once for its group.
+            StorageError::CommitFailed(why) => ApiError::new(
+                ErrorCode::NotReady,
+                format!(
+                    "the write was not committed and is not acknowledged ({why}); \
+                     retry once the node can write again (a full disk: once space is freed)"
+                ),
+            ),
             other => {
                 tracing::error!(error = %other, "storage error");
                 ApiError::internal(format!("storage error: {other}"))

@@ -18,6 +18,10 @@ pub enum StorageError {
     CounterOverflow { key: String },
     #[error("the writer has stopped")]
     WriterStopped,
+    /// RocksDB refused a commit (an I/O error, such as a full disk). No
+    /// request of the group is acknowledged.
+    #[error("the commit failed: {0}")]
+    CommitFailed(String),
     #[error("cannot encode {what}: {source}")]
     Encode {
         what: &'static str,

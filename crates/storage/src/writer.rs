@@ -754,9 +754,7 @@ impl<C: WallClock> Worker<C> {
                             first,
                             last,
                         }),
-                        (Ok(_), Err(e)) => {
-                            Err(StorageError::Corrupt(format!("commit failed: {e}")))
-                        }
+                        (Ok(_), Err(e)) => Err(StorageError::CommitFailed(e.to_string())),
                         (Err(e), _) => {
                             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                             Err(e)
@@ -767,9 +765,7 @@ impl<C: WallClock> Worker<C> {
                 Reply::Remote(tx, res) => {
                     let res = match (res, &committed) {
                         (Ok(applied), Ok(())) => Ok(applied),
-                        (Ok(_), Err(e)) => {
-                            Err(StorageError::Corrupt(format!("commit failed: {e}")))
-                        }
+                        (Ok(_), Err(e)) => Err(StorageError::CommitFailed(e.to_string())),
                         (Err(e), _) => Err(e),
                     };
                     let _ = tx.send(res);
@@ -777,9 +773,7 @@ impl<C: WallClock> Worker<C> {
                 Reply::Merge(tx, res) => {
                     let res = match (res, &committed) {
                         (Ok(()), Ok(())) => Ok(()),
-                        (Ok(()), Err(e)) => {
-                            Err(StorageError::Corrupt(format!("commit failed: {e}")))
-                        }
+                        (Ok(()), Err(e)) => Err(StorageError::CommitFailed(e.to_string())),
                         (Err(e), _) => Err(e),
                     };
                     let _ = tx.send(res);
