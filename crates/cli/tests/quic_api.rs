@@ -315,3 +315,40 @@ fn bad_quic_flags_are_usage_errors() {
         assert!(run.stderr.starts_with("error: "), "{run:?}");
     }
 }
+
+/// `quic.max_client_connections` bounds the API clients' connections: one
+/// more is closed with the reason, which the CLI shows, and a slot freed by a
+/// client that closes is taken by the next.
+#[test]
+fn client_connections_are_bounded() {
+    let n = QuicNode::start("max_client_connections = 1\n");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = n.certs.path().join("ca.pem");
+    let holder = rt.block_on(async {
+        let c = dotkv_client::Client::quic(n.quic, "localhost", &ca).unwrap();
+        c.health().await.expect("the first client is served");
+        c
+    });
+    let refused = n.quic(&["counter", "get", "c"], "");
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("max_client_connections = 1"),
+        "{refused:?}"
+    );
+    // HTTP is not affected.
+    assert_eq!(n.http(&["counter", "get", "c"], "").code, 0);
+    rt.block_on(holder.close());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let run = n.quic(&["counter", "get", "c"], "");
+        if run.code == 0 {
+            assert_eq!(run.stdout, "counter/c = 0\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot never came back: {run:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

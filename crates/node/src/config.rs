@@ -56,6 +56,9 @@ pub struct QuicSection {
     /// This node's certificate and key (PEM), from `dotkv certs node`.
     pub cert: String,
     pub key: String,
+    /// Most QUIC API client connections open at once; one more is closed at
+    /// once, with the reason. Peers are not counted.
+    pub max_client_connections: usize,
 }
 
 impl Default for QuicSection {
@@ -65,6 +68,7 @@ impl Default for QuicSection {
             ca: String::new(),
             cert: String::new(),
             key: String::new(),
+            max_client_connections: 4096,
         }
     }
 }
@@ -314,6 +318,9 @@ impl Config {
         }
         if self.http.max_connections == 0 || self.http.header_timeout_ms == 0 {
             return Err("http.max_connections and http.header_timeout_ms must be positive".into());
+        }
+        if self.quic.max_client_connections == 0 {
+            return Err("quic.max_client_connections must be positive".into());
         }
         if self.storage.write_queue == 0 || self.storage.max_commit_group == 0 {
             return Err("storage.write_queue and storage.max_commit_group must be positive".into());

@@ -161,13 +161,36 @@ impl Node {
             return;
         };
         let limits = QuicApiLimits::from_transport(replicator.transport().config());
+        let max = self.config.quic.max_client_connections.max(1);
+        let slots = Arc::new(Semaphore::new(max));
         tokio::spawn(async move {
+            let mut last_refusal_log: Option<Instant> = None;
             while let Some(conn) = incoming.accept().await {
                 match conn.alpn() {
                     Alpn::Peer => replicator.accept(conn),
-                    Alpn::Client => {
-                        tokio::spawn(serve_client_connection(app.clone(), conn, limits));
-                    }
+                    Alpn::Client => match slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            let app = app.clone();
+                            tokio::spawn(async move {
+                                serve_client_connection(app, conn, limits).await;
+                                drop(slot);
+                            });
+                        }
+                        Err(_) => {
+                            if last_refusal_log
+                                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                            {
+                                last_refusal_log = Some(Instant::now());
+                                tracing::warn!(
+                                    max_client_connections = max,
+                                    "refusing QUIC API clients: every connection slot is taken"
+                                );
+                            }
+                            conn.close(&format!(
+                                "too many client connections (quic.max_client_connections = {max}); try again"
+                            ));
+                        }
+                    },
                 }
             }
         });
