@@ -649,17 +649,7 @@ fn connections_are_bounded() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(
-        (refused.status, refused.code().as_str()),
-        (503, "not_ready"),
-        "{}",
-        refused.text()
-    );
-    assert!(
-        refused.text().contains("max_connections"),
-        "{}",
-        refused.text()
-    );
+    common::assert_error(&refused, 503, "not_ready", "max_connections");
     drop(held);
     let metric = |text: &str, name: &str| -> u64 {
         text.lines()

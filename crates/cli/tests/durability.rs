@@ -303,17 +303,7 @@ fn a_full_disk_refuses_writes_and_loses_nothing() {
         }
     }
     let refused = refused.expect("a 40 MB disk took 90 MB of writes");
-    assert_eq!(
-        (refused.status, refused.code().as_str()),
-        (503, "not_ready"),
-        "{}",
-        refused.text()
-    );
-    assert!(
-        refused.text().contains("not acknowledged"),
-        "{}",
-        refused.text()
-    );
+    common::assert_error(&refused, 503, "not_ready", "not acknowledged");
     assert!(!acked.is_empty());
     // Reads are served from what is committed.
     let r = request(

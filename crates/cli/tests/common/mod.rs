@@ -188,6 +188,17 @@ impl Resp {
     }
 }
 
+/// Asserts an error answer: its status, its code, and words of its message.
+pub fn assert_error(r: &Resp, status: u16, code: &str, says: &str) {
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (status, code),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains(says), "{}", r.text());
+}
+
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`). `path`
 /// goes on the wire as given, so tests can send any bytes.
 pub fn request(
