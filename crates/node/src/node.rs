@@ -9,6 +9,8 @@ use crate::http;
 use crate::metrics::Metrics;
 use crate::quic_api::{serve_client_connection, QuicApiLimits};
 use crate::server::{self, ConnectionLimits, ConnectionStats};
+use crate::token::TokenCache;
+use axum::http::HeaderValue;
 use dotkv_api::ApiError;
 use dotkv_crdt::VersionVector;
 use dotkv_replication::{
@@ -50,6 +52,8 @@ pub struct Node {
     pub in_flight: Semaphore,
     /// The HTTP listener's connection counts.
     pub connections: Arc<ConnectionStats>,
+    /// The last causal token encoded, reused while the version vector stays.
+    pub tokens: TokenCache,
     /// Replication with the configured peers, when the QUIC endpoint is on.
     pub replicator: Option<Replicator>,
     /// Stops the QUIC endpoint and replication.
@@ -132,6 +136,7 @@ impl Node {
         Ok(Arc::new(Node {
             in_flight: Semaphore::new(config.http.max_in_flight.max(1)),
             connections: Arc::default(),
+            tokens: TokenCache::default(),
             config,
             store,
             writer,
@@ -150,8 +155,8 @@ impl Node {
     }
 
     /// Serve incoming QUIC connections: peers go to replication, API clients
-    /// to the router.
-    fn serve_quic(self: &Arc<Node>, app: axum::Router) {
+    /// to the API.
+    fn serve_quic(self: &Arc<Node>, app: http::Api) {
         let incoming = self
             .incoming
             .lock()
@@ -223,9 +228,9 @@ impl Node {
     }
 
     /// The token for an answer to a read that has just finished.
-    pub async fn read_token(&self) -> String {
+    pub async fn read_token(&self) -> HeaderValue {
         let c = self.writer.committed_after_read(&self.store).await;
-        crate::token::encode(&c.vv)
+        self.tokens.header(&c.vv)
     }
 }
 
@@ -253,7 +258,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
-    let app = http::router(node.clone());
+    let app = http::api(node.clone());
     node.serve_quic(app.clone());
     let grace = Duration::from_millis(node.config.http.shutdown_grace_ms);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,12 +1,12 @@
 //! The QUIC client API (ALPN `dotkv-client/1`): serves one client connection
-//! by running each request through the HTTP router.
+//! by running each request through the HTTP API's service.
 //!
 //! The protocol (`dotkv_api::quic`) is an envelope around an HTTP request, so
-//! there is one implementation of the API's semantics, [`http::router`]: every
+//! there is one implementation of the API's semantics, [`http::api`]: every
 //! bidirectional stream the client opens carries one [`QuicRequest`] frame,
 //! which becomes an `http::Request` (method, path and query, `X-Dotkv-Token`,
-//! `Authorization`, `Content-Type`, body) and goes through the router with its
-//! middleware (in-flight bound, authentication, request timeout, metrics,
+//! `Authorization`, `Content-Type`, body) and goes through that service with
+//! its guard (in-flight bound, authentication, request timeout, metrics,
 //! causal tokens); the answer's status, token, media type and body go back as
 //! one [`QuicResponse`] frame on the same stream.
 //!
@@ -14,16 +14,16 @@
 //! large, too slow) gets a JSON error answer, as HTTP would give for a request
 //! it cannot parse; only a stream the client itself reset goes unanswered.
 //!
-//! [`http::router`]: crate::http::router
+//! [`http::api`]: crate::http::api
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::http::Api;
 use axum::body::Body;
 use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Uri};
 use axum::response::Response;
-use axum::Router;
 use dotkv_api::{ApiError, QuicRequest, QuicResponse, TOKEN_HEADER};
 use dotkv_replication::{
     Alpn, Connection, FrameReceiver, FrameSender, TransportConfig, TransportError,
@@ -70,7 +70,7 @@ impl Default for QuicApiLimits {
 
 /// Serves the API on `conn`, a connection accepted with ALPN
 /// `dotkv-client/1`, until it closes. `app` is the node's
-/// [`http::router`](crate::http::router). Each stream is served by its own
+/// [`http::api`](crate::http::api). Each stream is served by its own
 /// task; when the connection ends, requests still running are dropped, as an
 /// HTTP server drops those of a client that went away.
 ///
@@ -81,7 +81,7 @@ impl Default for QuicApiLimits {
     skip_all,
     fields(remote = %conn.remote_addr(), id = conn.id())
 )]
-pub async fn serve_client_connection(app: Router, conn: Connection, limits: QuicApiLimits) {
+pub async fn serve_client_connection(app: Api, conn: Connection, limits: QuicApiLimits) {
     if conn.alpn() != Alpn::Client {
         warn!(alpn = %conn.alpn(), "not a client connection; closing it");
         conn.close("this endpoint serves only dotkv-client/1 here");
@@ -120,7 +120,7 @@ pub async fn serve_client_connection(app: Router, conn: Connection, limits: Quic
 
 /// Reads one request frame, answers it, and finishes the stream.
 async fn serve_stream(
-    app: Router,
+    app: Api,
     mut send: FrameSender,
     mut recv: FrameReceiver,
     limits: &QuicApiLimits,
@@ -191,8 +191,8 @@ async fn send_frame(send: &mut FrameSender, response: &QuicResponse) -> Result<(
     }
 }
 
-/// Runs one request through the router.
-async fn handle(app: Router, request: QuicRequest, max_response_bytes: usize) -> QuicResponse {
+/// Runs one request through the API.
+async fn handle(app: Api, request: QuicRequest, max_response_bytes: usize) -> QuicResponse {
     let request = match to_http(request) {
         Ok(request) => request,
         Err(e) => return QuicResponse::error(&e),
@@ -278,7 +278,7 @@ async fn from_http(response: Response, max_body: usize) -> QuicResponse {
             content_type: header(header::CONTENT_TYPE.as_str()),
             body: bytes.into(),
         },
-        // The router's bodies are in memory: the only failure is the length.
+        // The API's answer bodies are in memory: the only failure is the length.
         Err(e) => QuicResponse::error(&ApiError::too_large(format!(
             "the answer exceeds {max_body} bytes, the most one frame may carry; \
              ask for less (e.g. a smaller page): {e}"

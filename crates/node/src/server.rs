@@ -20,17 +20,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::Router;
+use crate::http::Api;
 use dotkv_api::{ApiError, ErrorCode};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tower::ServiceExt;
 
 /// Connections over the limit being answered 503 at once.
 const MAX_REFUSING: usize = 64;
@@ -69,7 +66,7 @@ pub struct ConnectionLimits {
 /// close idle connections, and return once the others have closed.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: Api,
     limits: ConnectionLimits,
     stats: Arc<ConnectionStats>,
     shutdown: impl Future<Output = ()>,
@@ -126,10 +123,7 @@ pub async fn serve(
             }
             continue;
         };
-        let svc = TowerToHyperService::new(
-            app.clone()
-                .map_request(|req: axum::http::Request<Incoming>| req.map(Body::new)),
-        );
+        let svc = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
         let mut stop = stop_rx.clone();
         stats.accepted.fetch_add(1, Ordering::Relaxed);

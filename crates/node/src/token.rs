@@ -2,6 +2,9 @@
 //! then base64url: opaque to clients, a few dozen bytes for a few replicas.
 //! A request carrying one waits until the node has applied everything it names.
 
+use std::sync::Mutex;
+
+use axum::http::HeaderValue;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use dotkv_api::ApiError;
@@ -14,6 +17,35 @@ pub fn encode(vv: &VersionVector) -> String {
     // Encoding a version vector cannot fail: it is a list of integer pairs.
     let bytes = dotkv_crdt::encode(vv).unwrap_or_default();
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The token of the version vector encoded last, as a header value. Every
+/// write of one commit group, and every read between two commits, answers
+/// with the same version vector, so most answers reuse it instead of
+/// encoding it again.
+#[derive(Default)]
+pub struct TokenCache {
+    last: Mutex<Option<(VersionVector, HeaderValue)>>,
+}
+
+impl TokenCache {
+    /// `vv`'s token as an `X-Dotkv-Token` value.
+    pub fn header(&self, vv: &VersionVector) -> HeaderValue {
+        if let Ok(last) = self.last.lock() {
+            if let Some((v, h)) = last.as_ref() {
+                if v == vv {
+                    return h.clone();
+                }
+            }
+        }
+        // base64url is printable ASCII, so this never takes the fallback.
+        let value =
+            HeaderValue::from_str(&encode(vv)).unwrap_or_else(|_| HeaderValue::from_static(""));
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((vv.clone(), value.clone()));
+        }
+        value
+    }
 }
 
 pub fn decode(token: &str) -> Result<VersionVector, ApiError> {
@@ -41,5 +73,16 @@ mod tests {
         assert!(decode("!!!").is_err());
         assert!(decode("AAAA").is_err());
         assert!(decode(&"A".repeat(10_000)).is_err());
+    }
+
+    #[test]
+    fn the_cache_answers_each_version_vector_with_its_own_token() {
+        let cache = TokenCache::default();
+        let a: VersionVector = [(ReplicaId(1), 5)].into_iter().collect();
+        let b: VersionVector = [(ReplicaId(1), 6)].into_iter().collect();
+        for vv in [&a, &a, &b, &a, &b, &b] {
+            let h = cache.header(vv);
+            assert_eq!(decode(h.to_str().unwrap()).unwrap(), *vv);
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! The QUIC client API end to end, in process: a real node (store, writer,
-//! HTTP router) behind a real QUIC transport with certificates from a fresh
+//! HTTP API) behind a real QUIC transport with certificates from a fresh
 //! CA, and a real HTTP server on the same node, so every answer over QUIC can
 //! be compared with the one HTTP gives. Clients are `dotkv-client` over both
 //! transports, or raw frames on a client-only transport for what the typed
@@ -50,7 +50,7 @@ impl Fixture {
         config.node.data_dir = dir.path().join("data");
         configure(&mut config);
         let node = Node::open(config).unwrap();
-        let app = http::router(node.clone());
+        let app = http::api(node.clone());
 
         let shutdown = CancellationToken::new();
         let (transport, mut incoming) = Transport::bind(
@@ -84,7 +84,7 @@ impl Fixture {
         let http_addr = listener.local_addr().unwrap();
         let stop_http = shutdown.clone();
         tasks.spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(listener, axum::Router::new().fallback_service(app))
                 .with_graceful_shutdown(stop_http.cancelled_owned())
                 .await
                 .unwrap();

@@ -18,12 +18,65 @@ use dotkv_crdt::{
     VersionVector, WallClock,
 };
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-pub(crate) type CfKey = (&'static str, Vec<u8>);
+/// The writer's maps of rows. Their keys are bounded in number (a commit
+/// group, or the row cache's budget) and hashed with a per-process random
+/// seed; foldhash does that in a fraction of SipHash's time.
+type RowMap = std::collections::HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
 
-/// Rows by column family and key; `None` is a deletion.
-pub(crate) type Rows = HashMap<CfKey, Option<Vec<u8>>>;
+/// Rows by column family and key; `None` is a deletion. One map per column
+/// family, so a row is looked up by a borrowed key.
+#[derive(Default)]
+pub(crate) struct Rows {
+    by_cf: Vec<(&'static str, RowMap)>,
+}
+
+impl Rows {
+    fn map(&self, cf: &str) -> Option<&RowMap> {
+        self.by_cf.iter().find(|(c, _)| *c == cf).map(|(_, m)| m)
+    }
+
+    fn map_mut(&mut self, cf: &'static str) -> &mut RowMap {
+        let i = match self.by_cf.iter().position(|(c, _)| *c == cf) {
+            Some(i) => i,
+            None => {
+                self.by_cf.push((cf, RowMap::default()));
+                self.by_cf.len() - 1
+            }
+        };
+        &mut self.by_cf[i].1
+    }
+
+    fn get(&self, cf: &str, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.map(cf)?.get(key)
+    }
+
+    pub(crate) fn insert(&mut self, cf: &'static str, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.map_mut(cf).insert(key, value);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_cf.iter().all(|(_, m)| m.is_empty())
+    }
+
+    fn clear(&mut self) {
+        self.by_cf.iter_mut().for_each(|(_, m)| m.clear());
+    }
+
+    /// Move every row of `other` into this one, over what is here.
+    fn take_all(&mut self, other: &mut Rows) {
+        for (cf, m) in &mut other.by_cf {
+            self.map_mut(cf).extend(m.drain());
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&'static str, &Vec<u8>, &Option<Vec<u8>>)> {
+        self.by_cf
+            .iter()
+            .flat_map(|(cf, m)| m.iter().map(move |(k, v)| (*cf, k, v)))
+    }
+}
 
 /// Bytes a cached row is charged on top of its key and value: the map entry,
 /// the two vectors' headers and the allocator's rounding.
@@ -36,13 +89,13 @@ fn row_cost(key: &[u8], value: &Option<Vec<u8>>) -> usize {
 /// One generation of [`RowCache`]: object rows and set-element rows.
 #[derive(Default)]
 struct RowGen {
-    objects: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    elems: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    objects: RowMap,
+    elems: RowMap,
     bytes: usize,
 }
 
 impl RowGen {
-    fn map(&self, cf: &str) -> Option<&HashMap<Vec<u8>, Option<Vec<u8>>>> {
+    fn map(&self, cf: &str) -> Option<&RowMap> {
         match cf {
             CF_OBJECTS => Some(&self.objects),
             CF_SET_ELEMS => Some(&self.elems),
@@ -90,7 +143,11 @@ impl RowCache {
         if self.budget == 0 {
             return;
         }
-        for ((cf, key), value) in rows {
+        for (cf, key, value) in rows
+            .by_cf
+            .into_iter()
+            .flat_map(|(cf, m)| m.into_iter().map(move |(k, v)| (cf, k, v)))
+        {
             let cost = row_cost(&key, &value);
             let (young, old) = match cf {
                 CF_OBJECTS => (&mut self.young.objects, &mut self.old.objects),
@@ -140,8 +197,8 @@ impl RowCache {
 pub(crate) struct Overlay<'s> {
     store: &'s Store,
     cache: &'s RowCache,
-    group: HashMap<CfKey, Option<Vec<u8>>>,
-    staged: HashMap<CfKey, Option<Vec<u8>>>,
+    group: Rows,
+    staged: Rows,
 }
 
 impl<'s> Overlay<'s> {
@@ -149,22 +206,31 @@ impl<'s> Overlay<'s> {
         Overlay {
             store,
             cache,
-            group: HashMap::new(),
-            staged: HashMap::new(),
+            group: Rows::default(),
+            staged: Rows::default(),
         }
     }
 
-    fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        if !self.staged.is_empty() || !self.group.is_empty() {
-            let k = (cf, key.to_vec());
-            if let Some(v) = self.staged.get(&k).or_else(|| self.group.get(&k)) {
-                return Ok(v.clone());
-            }
+    /// The row as this group sees it, borrowed where the overlay or the
+    /// cache holds it.
+    fn get(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<std::borrow::Cow<'_, [u8]>>, StorageError> {
+        let known = self
+            .staged
+            .get(cf, key)
+            .or_else(|| self.group.get(cf, key))
+            .or_else(|| self.cache.get(cf, key));
+        if let Some(v) = known {
+            return Ok(v.as_deref().map(std::borrow::Cow::Borrowed));
         }
-        if let Some(v) = self.cache.get(cf, key) {
-            return Ok(v.clone());
-        }
-        Ok(self.store.db().get_cf(self.store.cf(cf), key)?)
+        Ok(self
+            .store
+            .db()
+            .get_cf(self.store.cf(cf), key)?
+            .map(std::borrow::Cow::Owned))
     }
 
     fn get_decoded<T: serde::de::DeserializeOwned>(
@@ -182,11 +248,11 @@ impl<'s> Overlay<'s> {
     }
 
     fn put(&mut self, cf: &'static str, key: Vec<u8>, value: Vec<u8>) {
-        self.staged.insert((cf, key), Some(value));
+        self.staged.insert(cf, key, Some(value));
     }
 
     fn delete(&mut self, cf: &'static str, key: Vec<u8>) {
-        self.staged.insert((cf, key), None);
+        self.staged.insert(cf, key, None);
     }
 
     /// Every live row under `prefix`, the overlay's view merged over the
@@ -214,8 +280,8 @@ impl<'s> Overlay<'s> {
             rows.insert(k.to_vec(), v.to_vec());
         }
         for layer in [&self.group, &self.staged] {
-            for ((c, k), v) in layer {
-                if *c == cf && k.starts_with(prefix) {
+            for (c, k, v) in layer.iter() {
+                if c == cf && k.starts_with(prefix) {
                     match v {
                         Some(v) => rows.insert(k.clone(), v.clone()),
                         None => rows.remove(k),
@@ -227,7 +293,7 @@ impl<'s> Overlay<'s> {
     }
 
     pub(crate) fn accept_staged(&mut self) {
-        self.group.extend(self.staged.drain());
+        self.group.take_all(&mut self.staged);
     }
 
     pub(crate) fn discard_staged(&mut self) {
@@ -238,7 +304,7 @@ impl<'s> Overlay<'s> {
     /// row cache once the batch is committed.
     pub(crate) fn into_batch(self, batch: &mut WriteBatch) -> Rows {
         debug_assert!(self.staged.is_empty());
-        for ((cf, k), v) in &self.group {
+        for (cf, k, v) in self.group.iter() {
             let handle = self.store.cf(cf);
             match v {
                 Some(v) => batch.put_cf(handle, k, v),
@@ -615,15 +681,16 @@ pub(crate) fn log_group(ov: &mut Overlay<'_>, group: &DeltaGroup) -> Result<(), 
 mod tests {
     use super::*;
 
-    fn rows(n: usize, value_len: usize, tag: u8) -> HashMap<CfKey, Option<Vec<u8>>> {
-        (0..n)
-            .map(|i| {
-                (
-                    (CF_OBJECTS, format!("k{i}").into_bytes()),
-                    Some(vec![tag; value_len]),
-                )
-            })
-            .collect()
+    fn rows(n: usize, value_len: usize, tag: u8) -> Rows {
+        let mut rows = Rows::default();
+        for i in 0..n {
+            rows.insert(
+                CF_OBJECTS,
+                format!("k{i}").into_bytes(),
+                Some(vec![tag; value_len]),
+            );
+        }
+        rows
     }
 
     #[test]
@@ -637,13 +704,13 @@ mod tests {
         }
         assert!(cache.len() > 0);
         // A row just absorbed is found, with its last value.
-        let mut one = HashMap::new();
-        one.insert((CF_OBJECTS, b"k7".to_vec()), Some(vec![7; 10]));
+        let mut one = Rows::default();
+        one.insert(CF_OBJECTS, b"k7".to_vec(), Some(vec![7; 10]));
         cache.absorb(one);
         assert_eq!(cache.get(CF_OBJECTS, b"k7"), Some(&Some(vec![7; 10])));
         // Rows of other column families are never kept.
-        let mut other = HashMap::new();
-        other.insert((CF_DELTAS, b"d".to_vec()), Some(vec![1]));
+        let mut other = Rows::default();
+        other.insert(CF_DELTAS, b"d".to_vec(), Some(vec![1]));
         cache.absorb(other);
         assert_eq!(cache.get(CF_DELTAS, b"d"), None);
     }

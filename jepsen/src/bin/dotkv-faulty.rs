@@ -101,9 +101,7 @@ async fn inject(State(s): State<FaultState>, mut req: Request, next: Next) -> Re
                     *r.status_mut() = StatusCode::OK;
                     r.headers_mut()
                         .insert("content-type", HeaderValue::from_static("application/json"));
-                    if let Ok(v) = HeaderValue::from_str(&token) {
-                        r.headers_mut().insert(dotkv_api::TOKEN_HEADER, v);
-                    }
+                    r.headers_mut().insert(dotkv_api::TOKEN_HEADER, token);
                     return r;
                 }
             }
@@ -118,13 +116,15 @@ async fn run(mut config: Config, fault: Fault) -> anyhow::Result<()> {
     config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     let node = Node::open(config)?;
     let inner = dotkv_node::node::bind(&node.config).await?;
-    let app = dotkv_node::http::router(node.clone()).layer(axum::middleware::from_fn_with_state(
-        FaultState {
-            fault,
-            node: node.clone(),
-        },
-        inject,
-    ));
+    let app = axum::Router::new()
+        .fallback_service(dotkv_node::http::api(node.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            FaultState {
+                fault,
+                node: node.clone(),
+            },
+            inject,
+        ));
     let listener = tokio::net::TcpListener::bind(public).await?;
     println!("dotkv: listening on http://{public}");
     if let Some(q) = node.quic_addr() {
