@@ -292,6 +292,41 @@ impl<'s> Overlay<'s> {
         Ok(rows)
     }
 
+    /// Whether any live row starts with `prefix`, as this group sees it.
+    /// Reads at most one committed row more than the group has written
+    /// under `prefix`.
+    fn any_with_prefix(&self, cf: &'static str, prefix: &[u8]) -> Result<bool, StorageError> {
+        let written = |k: &[u8]| self.staged.get(cf, k).or_else(|| self.group.get(cf, k));
+        for layer in [&self.staged, &self.group] {
+            for (c, k, _) in layer.iter() {
+                if c == cf && k.starts_with(prefix) && written(k).is_some_and(Option::is_some) {
+                    return Ok(true);
+                }
+            }
+        }
+        let mut ro = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        let iter = self.store.db().iterator_cf_opt(
+            self.store.cf(cf),
+            ro,
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (k, _) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            // A committed row the group has not touched is live; one it
+            // wrote was judged above.
+            if written(&k).is_none() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     pub(crate) fn accept_staged(&mut self) {
         self.group.take_all(&mut self.staged);
     }
@@ -433,10 +468,9 @@ impl<C: WallClock> Applier<'_, C> {
                 ))
             }
             Op::SetUpdate { key, add, remove } => {
-                let count_row = keys::object(ObjectKind::Set, key);
-                let mut count: u64 = ov.get_decoded(CF_OBJECTS, &count_row, "set")?.unwrap_or(0);
                 let mut ctx = CausalContext::new();
                 let mut elems = Vec::with_capacity(add.len() + remove.len());
+                let mut removed = false;
                 for e in remove {
                     let row = keys::set_elem(key, e);
                     if let Some(old) =
@@ -444,15 +478,16 @@ impl<C: WallClock> Applier<'_, C> {
                     {
                         old.iter().for_each(|d| ctx.insert(d));
                         ov.delete(CF_SET_ELEMS, row);
-                        count = count.saturating_sub(1);
+                        removed = true;
                         elems.push((e.clone(), DotSet::new()));
                     }
                 }
                 for e in add {
                     let row = keys::set_elem(key, e);
-                    match ov.get_decoded::<DotSet>(CF_SET_ELEMS, &row, "set element")? {
-                        Some(old) => old.iter().for_each(|d| ctx.insert(d)),
-                        None => count += 1,
+                    if let Some(old) =
+                        ov.get_decoded::<DotSet>(CF_SET_ELEMS, &row, "set element")?
+                    {
+                        old.iter().for_each(|d| ctx.insert(d));
                     }
                     let dot = self.next_dot();
                     ctx.insert(dot);
@@ -460,7 +495,7 @@ impl<C: WallClock> Applier<'_, C> {
                     ov.put(CF_SET_ELEMS, row, encode_state("set element", &dots)?);
                     elems.push((e.clone(), dots));
                 }
-                put_count(ov, count_row, count)?;
+                mark_set(ov, key, !add.is_empty(), removed)?;
                 Ok((
                     OpOutput::Done,
                     DeltaOp::Set {
@@ -601,50 +636,70 @@ impl<C: WallClock> Applier<'_, C> {
                 put_or_delete(ov, row, &state, "flag")?;
             }
             DeltaOp::Set { key, elems, ctx } => {
-                let count_row = keys::object(ObjectKind::Set, key);
-                let mut count: u64 = ov.get_decoded(CF_OBJECTS, &count_row, "set")?.unwrap_or(0);
+                let (mut present, mut removed) = (false, false);
                 for (e, dots) in elems {
                     let row = keys::set_elem(key, e);
                     let old = ov.get_decoded::<DotSet>(CF_SET_ELEMS, &row, "set element")?;
                     let existed = old.is_some();
                     let mut state = old.unwrap_or_default();
                     state.join_with(vv, dots, ctx);
-                    match (existed, state.is_bottom()) {
-                        (true, true) => count = count.saturating_sub(1),
-                        (false, false) => count += 1,
-                        _ => {}
-                    }
+                    present |= !state.is_bottom();
+                    removed |= existed && state.is_bottom();
                     put_or_delete_in(ov, CF_SET_ELEMS, row, &state, "set element")?;
                 }
-                put_count(ov, count_row, count)?;
+                mark_set(ov, key, present, removed)?;
             }
             DeltaOp::SetClear { key, seen } => {
-                let count_row = keys::object(ObjectKind::Set, key);
-                let mut count: u64 = ov.get_decoded(CF_OBJECTS, &count_row, "set")?.unwrap_or(0);
+                let mut present = false;
                 for (k, raw) in ov.scan_prefix(CF_SET_ELEMS, &keys::set_prefix(key))? {
                     let mut dots: DotSet =
                         decode(&raw).map_err(|e| StorageError::codec("set element", e))?;
                     dots.remove_covered(seen);
-                    if dots.is_bottom() {
-                        count = count.saturating_sub(1);
-                    }
+                    present |= !dots.is_bottom();
                     put_or_delete_in(ov, CF_SET_ELEMS, k, &dots, "set element")?;
                 }
-                put_count(ov, count_row, count)?;
+                // Every element was scanned: none left means an empty set.
+                let row = keys::object(ObjectKind::Set, key);
+                if present {
+                    mark_set(ov, key, true, false)?;
+                } else {
+                    ov.delete(CF_OBJECTS, row);
+                }
             }
         }
         Ok(())
     }
 }
 
-fn put_count(ov: &mut Overlay<'_>, row: Vec<u8>, count: u64) -> Result<(), StorageError> {
-    if count == 0 {
+/// Keep set `key`'s row in `objects` true after an update of its elements.
+///
+/// That row marks a set with at least one element; it is what listing sets
+/// finds. It holds no count, so adding an element does not rewrite it: a
+/// count would cost every add a second memtable insert (a quarter of the
+/// storage work of a set add). `present`: the update left at least one
+/// element in place, so the set is not empty. `removed`: it took at least
+/// one element out, so the set may now be empty, which one seek tells.
+fn mark_set(
+    ov: &mut Overlay<'_>,
+    key: &str,
+    present: bool,
+    removed: bool,
+) -> Result<(), StorageError> {
+    let row = keys::object(ObjectKind::Set, key);
+    if present {
+        if ov.get(CF_OBJECTS, &row)?.is_none() {
+            ov.put(CF_OBJECTS, row, encode_state("set", &SetMark)?);
+        }
+    } else if removed && !ov.any_with_prefix(CF_SET_ELEMS, &keys::set_prefix(key))? {
         ov.delete(CF_OBJECTS, row);
-    } else {
-        ov.put(CF_OBJECTS, row, encode_state("set", &count)?);
     }
     Ok(())
 }
+
+/// The value of a set's row in `objects`. Rows written before it held the
+/// element count; only their presence is read.
+#[derive(serde::Serialize)]
+struct SetMark;
 
 fn put_or_delete<S: DotStore + serde::Serialize>(
     ov: &mut Overlay<'_>,

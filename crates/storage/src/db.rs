@@ -298,13 +298,29 @@ impl Store {
         })
     }
 
-    /// Number of elements of a set (0 if absent).
+    /// Number of elements of a set (0 if absent). Counts them, so it takes
+    /// time in proportion to the set's size: no count is stored, since
+    /// keeping one would cost every add a second row write.
     pub fn set_len(&self, key: &str) -> Result<u64, StorageError> {
-        Ok(self
-            .get_decoded(CF_OBJECTS, &keys::object(ObjectKind::Set, key), || {
-                format!("set {key:?}")
-            })?
-            .unwrap_or(0))
+        let prefix = keys::set_prefix(key);
+        let mut ro = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(&prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        let iter = self.db().iterator_cf_opt(
+            self.cf(CF_SET_ELEMS),
+            ro,
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        let mut n = 0;
+        for item in iter {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// The dots of one set element, if present.
@@ -489,8 +505,8 @@ impl Store {
     /// Anti-entropy: the replicated state's rows in one ordered key space,
     /// from `start` (inclusive) to `end` (exclusive; `None`: to the end), at
     /// most `limit`. A row key is a space byte ([`AE_OBJECTS`] or
-    /// [`AE_SET_ELEMS`]) and the row's key in its column family. Set count rows
-    /// are derived from the elements, so they are left out.
+    /// [`AE_SET_ELEMS`]) and the row's key in its column family. A set's row in
+    /// `objects` is derived from its elements, so it is left out.
     pub fn ae_rows(
         &self,
         start: &[u8],

@@ -1,8 +1,9 @@
 //! dotkv-storage: how a node keeps its replica on disk, in RocksDB.
 //!
 //! - `objects`: one row per counter, register, multi-value register and flag
-//!   (kind tag + key → encoded state), and one row per non-empty set holding its
-//!   element count, so keys of every type can be listed by prefix;
+//!   (kind tag + key → encoded state), and one row per non-empty set that
+//!   marks it as such (it holds no count, so an add writes no second row), so
+//!   keys of every type can be listed by prefix;
 //! - `set_elems`: one row per set element (set key + element → its dots), so
 //!   adding to a set of a million elements costs what adding to an empty one
 //!   costs, and sets are read page by page;

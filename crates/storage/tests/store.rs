@@ -235,6 +235,83 @@ async fn restart_keeps_replica_id_hlc_and_data() {
     w.stop().await;
 }
 
+/// Whether listing sets finds `key`.
+fn set_listed(store: &Store, key: &str) -> bool {
+    let (keys, _) = store.list_keys(ObjectKind::Set, key, None, 10).unwrap();
+    keys.iter().any(|k| k == key)
+}
+
+#[tokio::test]
+async fn a_set_is_listed_exactly_while_it_has_elements() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (sa, wa) = open(da.path());
+    let (sb, wb) = open(db.path());
+    let listed = |s: &Store, want: bool, why: &str| {
+        assert_eq!(set_listed(s, "s"), want, "{why}");
+        assert_eq!(s.set_len("s").unwrap() > 0, want, "{why}: set_len");
+    };
+    listed(&sa, false, "never written");
+    wa.write(vec![set_add("s", &["a", "b"])]).await.unwrap();
+    listed(&sa, true, "two elements");
+    wa.write(vec![set_remove("s", &["a"])]).await.unwrap();
+    listed(&sa, true, "one left");
+    wa.write(vec![set_remove("s", &["nope"])]).await.unwrap();
+    listed(&sa, true, "removing an absent element changes nothing");
+    wa.write(vec![set_remove("s", &["b"])]).await.unwrap();
+    listed(&sa, false, "the last one removed");
+    // One request: the overlay's staged rows.
+    wa.write(vec![set_add("s", &["c"]), set_remove("s", &["c"])])
+        .await
+        .unwrap();
+    listed(&sa, false, "added and removed in one batch");
+    wa.write(vec![set_add("s", &["d", "e"])]).await.unwrap();
+    wa.write(vec![set_remove("s", &["d"]), set_remove("s", &["e"])])
+        .await
+        .unwrap();
+    listed(&sa, false, "both removed in one batch, by two ops");
+    // Requests polled in one turn share a commit: the group's rows.
+    wa.write(vec![set_add("s", &["f", "g"])]).await.unwrap();
+    let (r1, r2) = tokio::join!(
+        wa.write(vec![set_remove("s", &["f"])]),
+        wa.write(vec![set_remove("s", &["g"])])
+    );
+    r1.unwrap();
+    r2.unwrap();
+    listed(&sa, false, "both removed by two requests");
+    let (r1, r2) = tokio::join!(
+        wa.write(vec![set_remove("s", &["f"])]),
+        wa.write(vec![set_add("s", &["h"])])
+    );
+    r1.unwrap();
+    r2.unwrap();
+    listed(&sa, true, "re-added beside a remove");
+    // Remote groups keep B's row the same way: h arrives, then its removal.
+    let next = ship(&sa, &wb, 1).await;
+    listed(&sb, true, "h, from A");
+    wa.write(vec![set_remove("s", &["h"])]).await.unwrap();
+    listed(&sa, false, "h removed on A");
+    let next = ship(&sa, &wb, next).await;
+    listed(&sb, false, "h's removal, from A");
+    // A clear that leaves a concurrent add in place keeps the row.
+    wa.write(vec![set_add("s", &["i"])]).await.unwrap();
+    let next = ship(&sa, &wb, next).await;
+    wb.write(vec![Op::Delete {
+        kind: ObjectKind::Set,
+        key: "s".into(),
+    }])
+    .await
+    .unwrap();
+    listed(&sb, false, "deleted on B");
+    wa.write(vec![set_add("s", &["j"])]).await.unwrap();
+    ship(&sb, &wa, 1).await;
+    listed(&sa, true, "j was concurrent with the clear");
+    assert_eq!(set_elems(&sa, "s"), vec!["j"]);
+    ship(&sa, &wb, next).await;
+    listed(&sb, true, "j, from A, after the clear");
+    wa.stop().await;
+    wb.stop().await;
+}
+
 async fn ship(from: &Store, to: &Writer, origin_from: u64) -> u64 {
     let groups = from
         .delta_groups(from.replica(), origin_from, 10_000)
