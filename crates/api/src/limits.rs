@@ -60,7 +60,12 @@ impl Limits {
     /// Checks a register or mvregister value against `max_value_bytes`
     /// (measured as compact JSON): `too_large` if over.
     pub fn validate_value(&self, value: &Value) -> Result<(), ApiError> {
-        let len = json_len(value);
+        self.validate_value_len(json_len(value))
+    }
+
+    /// Checks the length of a value's compact JSON text against
+    /// `max_value_bytes`, for a caller that has that text already.
+    pub fn validate_value_len(&self, len: usize) -> Result<(), ApiError> {
         if len > self.max_value_bytes {
             return Err(ApiError::too_large(format!(
                 "value is {len} bytes of JSON; the limit is {}",

@@ -39,9 +39,42 @@ pub struct LwwOrder {
     pub replica: u64,
 }
 
+impl LwwOrder {
+    /// Longest text of a key: 20 decimal digits, the dot, 16 hex digits.
+    pub const MAX_LEN: usize = 37;
+
+    /// The key's text, written into `buf` (every answer to a register write
+    /// carries one, so this does without `fmt`'s machinery).
+    pub fn encode<'b>(&self, buf: &'b mut [u8; Self::MAX_LEN]) -> &'b [u8] {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = self.hlc;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let decimal = &digits[at..];
+        buf[..decimal.len()].copy_from_slice(decimal);
+        let mut len = decimal.len();
+        buf[len] = b'.';
+        len += 1;
+        for shift in (0..16).rev() {
+            buf[len] = b"0123456789abcdef"[((self.replica >> (shift * 4)) & 0xf) as usize];
+            len += 1;
+        }
+        &buf[..len]
+    }
+}
+
 impl std::fmt::Display for LwwOrder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{:016x}", self.hlc, self.replica)
+        let mut buf = [0u8; Self::MAX_LEN];
+        // Digits, a dot and hex digits: always ASCII.
+        f.write_str(std::str::from_utf8(self.encode(&mut buf)).unwrap_or_default())
     }
 }
 
@@ -169,6 +202,10 @@ mod tests {
             replica: u64::MAX,
         };
         assert_eq!(max.to_string().parse(), Ok(max));
+        assert_eq!(max.to_string(), "18446744073709551615.ffffffffffffffff");
+        assert_eq!(max.to_string().len(), LwwOrder::MAX_LEN);
+        let zero = LwwOrder { hlc: 0, replica: 0 };
+        assert_eq!(zero.to_string(), "0.0000000000000000");
         for bad in [
             "",
             "1",

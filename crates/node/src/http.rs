@@ -123,7 +123,8 @@ fn with_hlc(mut resp: Response, ts: Hlc, replica: ReplicaId) -> Response {
         hlc: ts.0,
         replica: replica.0,
     };
-    if let Ok(v) = HeaderValue::from_str(&key.to_string()) {
+    let mut text = [0u8; LwwOrder::MAX_LEN];
+    if let Ok(v) = HeaderValue::from_bytes(key.encode(&mut text)) {
         resp.headers_mut().insert(&HLC, v);
     }
     resp
@@ -983,8 +984,8 @@ async fn object(
         (CrdtType::Register | CrdtType::MvRegister, Method::PUT) => {
             let body = body?;
             let value: serde_json::Value = parse_body(headers, &body)?;
-            node.config.limits.validate_value(&value)?;
             let json = value.to_string();
+            node.config.limits.validate_value_len(json.len())?;
             let op = if t == CrdtType::Register {
                 Op::RegisterSet {
                     key: key.clone(),
