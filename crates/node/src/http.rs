@@ -136,8 +136,8 @@ fn with_hlc(mut resp: Response, ts: Hlc, replica: ReplicaId) -> Response {
 /// Requests on one object (`/v1/{type}/{key}`), the ones every workload is
 /// made of, go straight to [`object`] through the same guard as every other
 /// route ([`guarded`]). The rest go through an axum router. Its routing,
-/// layers and extractors cost a counter add about 13,000 instructions and 25
-/// allocations (callgrind, in docs/PERFORMANCE.md), a quarter of everything
+/// layers and extractors cost a counter add about 10,000 instructions and 25
+/// allocations (callgrind, in docs/PERFORMANCE.md), a fifth of everything
 /// the node spent on it in user space.
 #[derive(Clone)]
 pub struct Api {

@@ -293,15 +293,20 @@ impl<'s> Overlay<'s> {
     }
 
     /// Whether any live row starts with `prefix`, as this group sees it.
-    /// Reads at most one committed row more than the group has written
+    /// Looks at the group's rows of `cf` (a commit group is bounded) and
+    /// reads at most one committed row more than the group has written
     /// under `prefix`.
     fn any_with_prefix(&self, cf: &'static str, prefix: &[u8]) -> Result<bool, StorageError> {
         let written = |k: &[u8]| self.staged.get(cf, k).or_else(|| self.group.get(cf, k));
         for layer in [&self.staged, &self.group] {
-            for (c, k, _) in layer.iter() {
-                if c == cf && k.starts_with(prefix) && written(k).is_some_and(Option::is_some) {
-                    return Ok(true);
-                }
+            let Some(rows) = layer.map(cf) else {
+                continue;
+            };
+            if rows
+                .keys()
+                .any(|k| k.starts_with(prefix) && written(k).is_some_and(Option::is_some))
+            {
+                return Ok(true);
             }
         }
         let mut ro = ReadOptions::default();
