@@ -17,7 +17,7 @@ use dotkv_crdt::{
     decode, CausalContext, Dot, DotFun, DotSet, DotStore, HlcClock, LwwValue, ReplicaId,
     VersionVector, WallClock,
 };
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::WriteBatch;
 use std::collections::BTreeMap;
 
 /// The writer's maps of rows. Their keys are bounded in number (a commit
@@ -263,20 +263,8 @@ impl<'s> Overlay<'s> {
         prefix: &[u8],
     ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StorageError> {
         let mut rows = BTreeMap::new();
-        let mut ro = ReadOptions::default();
-        if let Some(end) = keys::prefix_end(prefix) {
-            ro.set_iterate_upper_bound(end);
-        }
-        let iter = self.store.db().iterator_cf_opt(
-            self.store.cf(cf),
-            ro,
-            IteratorMode::From(prefix, Direction::Forward),
-        );
-        for item in iter {
+        for item in self.store.prefix_rows(cf, prefix, prefix) {
             let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
             rows.insert(k.to_vec(), v.to_vec());
         }
         for layer in [&self.group, &self.staged] {
@@ -309,20 +297,8 @@ impl<'s> Overlay<'s> {
                 return Ok(true);
             }
         }
-        let mut ro = ReadOptions::default();
-        if let Some(end) = keys::prefix_end(prefix) {
-            ro.set_iterate_upper_bound(end);
-        }
-        let iter = self.store.db().iterator_cf_opt(
-            self.store.cf(cf),
-            ro,
-            IteratorMode::From(prefix, Direction::Forward),
-        );
-        for item in iter {
+        for item in self.store.prefix_rows(cf, prefix, prefix) {
             let (k, _) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
             // A committed row the group has not touched is live; one it
             // wrote was judged above.
             if written(&k).is_none() {

@@ -12,6 +12,9 @@ use rocksdb::{
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// A row as RocksDB's iterators return it: key and value.
+pub(crate) type RawRow = (Box<[u8]>, Box<[u8]>);
+
 pub(crate) const CF_OBJECTS: &str = "objects";
 pub(crate) const CF_SET_ELEMS: &str = "set_elems";
 pub(crate) const CF_DELTAS: &str = "deltas";
@@ -303,24 +306,34 @@ impl Store {
     /// keeping one would cost every add a second row write.
     pub fn set_len(&self, key: &str) -> Result<u64, StorageError> {
         let prefix = keys::set_prefix(key);
-        let mut ro = ReadOptions::default();
-        if let Some(end) = keys::prefix_end(&prefix) {
-            ro.set_iterate_upper_bound(end);
-        }
-        let iter = self.db().iterator_cf_opt(
-            self.cf(CF_SET_ELEMS),
-            ro,
-            IteratorMode::From(&prefix, Direction::Forward),
-        );
         let mut n = 0;
-        for item in iter {
-            let (k, _) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
+        for item in self.prefix_rows(CF_SET_ELEMS, &prefix, &prefix) {
+            item?;
             n += 1;
         }
         Ok(n)
+    }
+
+    /// The rows of `cf` whose keys start with `prefix`, in key order, from
+    /// `from` on.
+    pub(crate) fn prefix_rows<'a>(
+        &'a self,
+        cf: &str,
+        prefix: &'a [u8],
+        from: &[u8],
+    ) -> impl Iterator<Item = Result<RawRow, StorageError>> + 'a {
+        let mut ro = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        self.db()
+            .iterator_cf_opt(
+                self.cf(cf),
+                ro,
+                IteratorMode::From(from, Direction::Forward),
+            )
+            .map(|item| item.map_err(StorageError::from))
+            .take_while(move |item| item.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
     }
 
     /// The dots of one set element, if present.
@@ -347,21 +360,9 @@ impl Store {
             }
             None => prefix.clone(),
         };
-        let mut ro = ReadOptions::default();
-        if let Some(end) = keys::prefix_end(&prefix) {
-            ro.set_iterate_upper_bound(end);
-        }
-        let iter = self.db().iterator_cf_opt(
-            self.cf(CF_SET_ELEMS),
-            ro,
-            IteratorMode::From(&start, Direction::Forward),
-        );
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in iter {
+        for item in self.prefix_rows(CF_SET_ELEMS, &prefix, &start) {
             let (k, _) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
             if out.len() == limit {
                 return Ok((out, true));
             }
