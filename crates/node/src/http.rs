@@ -7,6 +7,7 @@
 //! failures are turned into the contract's JSON errors rather than axum's
 //! plain-text ones.
 
+use crate::metrics;
 use crate::node::Node;
 use crate::token;
 use axum::body::{Body, Bytes, HttpBody};
@@ -99,9 +100,15 @@ type Result<T, E = HttpError> = std::result::Result<T, E>;
 
 /// A JSON answer with a causal token.
 fn reply<T: Serialize>(status: StatusCode, body: &T, token: HeaderValue) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => {
-            let mut resp = (status, bytes).into_response();
+    let mut json = Vec::with_capacity(128);
+    match serde_json::to_writer(&mut json, body) {
+        Ok(()) => {
+            // Built directly rather than through `IntoResponse`, which would
+            // first set a content type only to have it replaced; the body is
+            // copied into an exactly sized buffer, which `Bytes` takes
+            // without a second allocation for its reference count.
+            let mut resp = Response::new(Body::from(Bytes::copy_from_slice(&json)));
+            *resp.status_mut() = status;
             let h = resp.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,
@@ -186,8 +193,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if is_object_path(req.uri().path()) {
-            let node = self.node.clone();
-            Box::pin(async move { Ok(serve_object(node, req).await) })
+            Box::pin(serve_object(self.node.clone(), req))
         } else {
             Box::pin(self.router.call(req))
         }
@@ -195,8 +201,13 @@ where
 }
 
 /// One request on an object, through the guard, with its body read up to
-/// the limit.
-async fn serve_object<B>(node: Shared, req: http::Request<B>) -> Response
+/// the limit. Never an error: failures are answers. (It returns the
+/// service's `Result` itself rather than being wrapped in another future,
+/// which would copy this one, a few kilobytes, once more per request.)
+async fn serve_object<B>(
+    node: Shared,
+    req: http::Request<B>,
+) -> std::result::Result<Response, Infallible>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -220,7 +231,7 @@ where
         }
         *resp.body_mut() = Body::empty();
     }
-    resp
+    Ok(resp)
 }
 
 /// A request body, read whole, of at most `limit` bytes.
@@ -240,40 +251,35 @@ where
     }
 }
 
-/// Route template for metrics: bounded label values, never raw paths.
-fn route_label(path: &str) -> &'static str {
+/// Route template for metrics, as an index into [`metrics::ROUTES`]:
+/// bounded label values, never raw paths.
+fn route_label(path: &str) -> usize {
+    use metrics::route;
     let mut parts = path.trim_start_matches('/').splitn(3, '/');
     let (a, b, rest) = (parts.next(), parts.next(), parts.next());
     match (a, b, rest.is_some()) {
-        (Some("health"), None, _) => "/health",
-        (Some("metrics"), None, _) => "/metrics",
-        (Some("v1"), Some("batch"), false) => "/v1/batch",
-        (Some("v1"), Some("status"), false) => "/v1/status",
-        (Some("v1"), Some(t), keyed) => match (t, keyed) {
-            ("counter", false) => "/v1/counter",
-            ("counter", true) => "/v1/counter/{key}",
-            ("register", false) => "/v1/register",
-            ("register", true) => "/v1/register/{key}",
-            ("mvregister", false) => "/v1/mvregister",
-            ("mvregister", true) => "/v1/mvregister/{key}",
-            ("set", false) => "/v1/set",
-            ("set", true) => "/v1/set/{key}",
-            ("flag", false) => "/v1/flag",
-            ("flag", true) => "/v1/flag/{key}",
-            _ => "other",
+        (Some("health"), None, _) => route::HEALTH,
+        (Some("metrics"), None, _) => route::METRICS,
+        (Some("v1"), Some("batch"), false) => route::BATCH,
+        (Some("v1"), Some("status"), false) => route::STATUS,
+        (Some("v1"), Some(t), keyed) => match route::TYPES.iter().position(|&n| n == t) {
+            Some(i) if keyed => route::object(i),
+            Some(i) => route::list(i),
+            None => route::OTHER,
         },
-        _ => "other",
+        _ => route::OTHER,
     }
 }
 
-fn method_label(m: &Method) -> &'static str {
+/// The method's index into [`metrics::METHODS`].
+fn method_label(m: &Method) -> usize {
     match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        _ => "other",
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::HEAD => 4,
+        _ => 5,
     }
 }
 
@@ -1182,11 +1188,21 @@ mod tests {
 
     #[test]
     fn labels_are_bounded() {
-        assert_eq!(route_label("/v1/counter/a/b/c"), "/v1/counter/{key}");
-        assert_eq!(route_label("/v1/set"), "/v1/set");
-        assert_eq!(route_label("/v1/nope/x"), "other");
-        assert_eq!(route_label("/v1/batch"), "/v1/batch");
-        assert_eq!(route_label("/whatever"), "other");
+        let route = |p| metrics::ROUTES[route_label(p)];
+        assert_eq!(route("/v1/counter/a/b/c"), "/v1/counter/{key}");
+        assert_eq!(route("/v1/set"), "/v1/set");
+        assert_eq!(route("/v1/flag/x"), "/v1/flag/{key}");
+        assert_eq!(route("/v1/mvregister"), "/v1/mvregister");
+        assert_eq!(route("/v1/nope/x"), "other");
+        assert_eq!(route("/v1/batch"), "/v1/batch");
+        assert_eq!(route("/health"), "/health");
+        assert_eq!(route("/metrics"), "/metrics");
+        assert_eq!(route("/whatever"), "other");
+        for (i, m) in metrics::METHODS.iter().enumerate() {
+            if let Ok(method) = m.parse::<Method>() {
+                assert_eq!(method_label(&method), i);
+            }
+        }
     }
 
     #[test]

@@ -341,11 +341,31 @@ pub(crate) struct Applier<'a, C> {
     pub(crate) me: ReplicaId,
     pub(crate) vv: &'a mut VersionVector,
     pub(crate) hlc: &'a mut HlcClock<C>,
+    /// Whether local deltas must carry, in their context, the dots a write
+    /// overwrites. Only a delta that is kept for peers needs them: a write
+    /// that replaces a row (a register, a flag, a set element's add) builds
+    /// its new state without the old one, so with this off it reads nothing,
+    /// and its delta lacks those dots and must not be shipped.
+    pub(crate) delta_ctx: bool,
 }
 
 impl<C: WallClock> Applier<'_, C> {
     fn next_dot(&mut self) -> Dot {
         self.vv.increment(self.me)
+    }
+
+    /// The state of an `objects` row a local write replaces, read only for
+    /// the delta's context (see [`Applier::delta_ctx`]); empty without it.
+    fn overwritten<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        ov: &Overlay<'_>,
+        row: &[u8],
+        what: &str,
+    ) -> Result<T, StorageError> {
+        if !self.delta_ctx {
+            return Ok(T::default());
+        }
+        Ok(ov.get_decoded(CF_OBJECTS, row, what)?.unwrap_or_default())
     }
 
     /// Apply one local op; returns what it answers and its delta.
@@ -377,9 +397,7 @@ impl<C: WallClock> Applier<'_, C> {
             }
             Op::RegisterSet { key, json } => {
                 let row = keys::object(ObjectKind::Register, key);
-                let old: RegisterState = ov
-                    .get_decoded(CF_OBJECTS, &row, "register")?
-                    .unwrap_or_default();
+                let old: RegisterState = self.overwritten(ov, &row, "register")?;
                 let dot = self.next_dot();
                 let ts = self.hlc.now();
                 let mut ctx = ctx_of(old.iter().map(|(d, _)| d));
@@ -406,9 +424,7 @@ impl<C: WallClock> Applier<'_, C> {
             }
             Op::MvRegisterSet { key, json } => {
                 let row = keys::object(ObjectKind::MvRegister, key);
-                let old: MvRegisterState = ov
-                    .get_decoded(CF_OBJECTS, &row, "mvregister")?
-                    .unwrap_or_default();
+                let old: MvRegisterState = self.overwritten(ov, &row, "mvregister")?;
                 let dot = self.next_dot();
                 let mut ctx = ctx_of(old.iter().map(|(d, _)| d));
                 ctx.insert(dot);
@@ -425,9 +441,7 @@ impl<C: WallClock> Applier<'_, C> {
             }
             Op::FlagSet { key, enable } => {
                 let row = keys::object(ObjectKind::Flag, key);
-                let old: FlagState = ov
-                    .get_decoded(CF_OBJECTS, &row, "flag")?
-                    .unwrap_or_default();
+                let old: FlagState = self.overwritten(ov, &row, "flag")?;
                 let mut ctx = ctx_of(old.iter());
                 let store = if *enable {
                     let dot = self.next_dot();
@@ -465,10 +479,12 @@ impl<C: WallClock> Applier<'_, C> {
                 }
                 for e in add {
                     let row = keys::set_elem(key, e);
-                    if let Some(old) =
-                        ov.get_decoded::<DotSet>(CF_SET_ELEMS, &row, "set element")?
-                    {
-                        old.iter().for_each(|d| ctx.insert(d));
+                    if self.delta_ctx {
+                        if let Some(old) =
+                            ov.get_decoded::<DotSet>(CF_SET_ELEMS, &row, "set element")?
+                        {
+                            old.iter().for_each(|d| ctx.insert(d));
+                        }
                     }
                     let dot = self.next_dot();
                     ctx.insert(dot);

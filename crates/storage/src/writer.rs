@@ -796,6 +796,7 @@ impl<C: WallClock> Worker<C> {
                 me: self.store.replica(),
                 vv: &mut vv,
                 hlc: &mut self.hlc,
+                delta_ctx: true,
             };
             for op in ops {
                 applier.merge_op(ov, op)?;
@@ -825,6 +826,8 @@ impl<C: WallClock> Worker<C> {
                 me,
                 vv: &mut vv,
                 hlc: &mut self.hlc,
+                // The group's deltas are dropped unless they are logged.
+                delta_ctx: self.opts.log_local_groups,
             };
             for op in ops {
                 let (out, delta) = applier.local(ov, op)?;
@@ -882,6 +885,7 @@ impl<C: WallClock> Worker<C> {
             me: self.store.replica(),
             vv: &mut vv,
             hlc: &mut self.hlc,
+            delta_ctx: true,
         }
         .remote(ov, group)?;
         vv.set_max(group.origin, group.last);

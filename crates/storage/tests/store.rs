@@ -846,3 +846,75 @@ async fn stop_under_load_keeps_every_acknowledged_write(durability: Durability) 
     assert_eq!(stored, acked);
     w.stop().await;
 }
+
+/// A node without peers keeps no delta log, so a write that replaces a row
+/// does not read the row first (only the delta's context needed it). The
+/// stored state must be what a logging node stores: one dot per overwritten
+/// register, flag and set element, and the same values.
+#[tokio::test]
+async fn overwrites_without_a_delta_log_store_what_a_logging_node_stores() {
+    let register = |key: &str, json: &str| Op::RegisterSet {
+        key: key.into(),
+        json: json.into(),
+    };
+    let mvregister = |json: &str| Op::MvRegisterSet {
+        key: "m".into(),
+        json: json.into(),
+    };
+    let flag = |enable| Op::FlagSet {
+        key: "f".into(),
+        enable,
+    };
+    let writes: Vec<Vec<Op>> = vec![
+        vec![register("r", "1"), mvregister("\"a\""), flag(true)],
+        vec![register("r", "2"), set_add("s", &["x", "y"])],
+        // Two overwrites of one row in one request, and again in a request
+        // that shares its commit group with the one before.
+        vec![register("r", "3"), register("r", "4"), set_add("s", &["x"])],
+        vec![mvregister("\"b\""), flag(true), set_add("s", &["x", "z"])],
+        vec![flag(false), set_remove("s", &["y"])],
+        vec![flag(true), set_add("s", &["z"]), register("q", "[]")],
+    ];
+    let mut seen = Vec::new();
+    for logged in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let w = Writer::start(
+            store.clone(),
+            WriterOptions {
+                log_local_groups: logged,
+                ..WriterOptions::default()
+            },
+        )
+        .unwrap();
+        for ops in &writes {
+            w.write(ops.clone()).await.unwrap();
+        }
+        in_one_commit(&w, register("r", "5"), register("r", "6")).await;
+        let r = store.register("r").unwrap().unwrap();
+        assert_eq!(r.len(), 1, "one dot after overwrites (logged: {logged})");
+        assert_eq!(register_value(&store, "r").as_deref(), Some("6"));
+        assert_eq!(store.mvregister("m").unwrap().unwrap().len(), 1);
+        assert_eq!(store.flag("f").unwrap().unwrap().len(), 1);
+        for e in ["x", "z"] {
+            let dots = store.set_elem("s", e.as_bytes()).unwrap().unwrap();
+            assert_eq!(dots.len(), 1, "element {e} re-added (logged: {logged})");
+        }
+        assert_eq!(store.set_elem("s", b"y").unwrap(), None);
+        assert_eq!(
+            store
+                .delta_groups(store.replica(), 1, 100)
+                .unwrap()
+                .is_empty(),
+            !logged
+        );
+        seen.push((
+            set_elems(&store, "s"),
+            register_value(&store, "q"),
+            set_listed(&store, "s"),
+        ));
+        w.stop().await;
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[0].0, vec!["x", "z"]);
+}
