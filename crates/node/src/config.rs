@@ -218,7 +218,7 @@ impl Default for StorageSection {
         StorageSection {
             durability: Durability::Wal,
             block_cache_mb: 128,
-            write_buffer_mb: 64,
+            write_buffer_mb: 8,
             write_queue: 4096,
             max_commit_group: 512,
             row_cache_mb: 32,

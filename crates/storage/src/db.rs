@@ -106,7 +106,12 @@ pub fn ae_row_delta(
 pub struct StoreOptions {
     /// Shared block cache, in bytes.
     pub block_cache_bytes: usize,
-    /// Memtable size per column family, in bytes.
+    /// Memtable size per column family, in bytes. Small by RocksDB's
+    /// standards (its default is 64 MiB): every row written is a skiplist
+    /// insert, and every read a skiplist search, whose cache misses grow
+    /// with the memtable. Hot rows are rewritten many times, and a flush
+    /// keeps only their last version, so flushing more often costs little
+    /// (docs/PERFORMANCE.md, seventh session).
     pub write_buffer_bytes: usize,
 }
 
@@ -114,7 +119,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             block_cache_bytes: 128 << 20,
-            write_buffer_bytes: 64 << 20,
+            write_buffer_bytes: 8 << 20,
         }
     }
 }
