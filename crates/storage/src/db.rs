@@ -110,8 +110,10 @@ pub struct StoreOptions {
     /// standards (its default is 64 MiB): every row written is a skiplist
     /// insert, and every read a skiplist search, whose cache misses grow
     /// with the memtable. Hot rows are rewritten many times, and a flush
-    /// keeps only their last version, so flushing more often costs little
-    /// (docs/PERFORMANCE.md, seventh session).
+    /// keeps only their last version, so flushing more often costs little.
+    /// Rows that all outlive their flush (large values under new keys) pay
+    /// for it in flushes and compactions instead (docs/PERFORMANCE.md,
+    /// seventh session).
     pub write_buffer_bytes: usize,
 }
 
