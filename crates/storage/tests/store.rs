@@ -9,8 +9,12 @@ use dotkv_storage::{
 };
 
 fn open(dir: &std::path::Path) -> (Store, Writer) {
+    open_with(dir, WriterOptions::default())
+}
+
+fn open_with(dir: &std::path::Path, opts: WriterOptions) -> (Store, Writer) {
     let store = Store::open(dir, &StoreOptions::default()).expect("open store");
-    let writer = Writer::start(store.clone(), WriterOptions::default()).expect("start writer");
+    let writer = Writer::start(store.clone(), opts).expect("start writer");
     (store, writer)
 }
 
@@ -564,15 +568,13 @@ async fn state_transfer_joins_rows_under_the_senders_context() {
 async fn the_row_cache_never_changes_what_is_stored() {
     for budget in [0, 4 << 10, 32 << 20] {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        let w = Writer::start(
-            store.clone(),
+        let (store, w) = open_with(
+            dir.path(),
             WriterOptions {
                 row_cache_bytes: budget,
                 ..WriterOptions::default()
             },
-        )
-        .unwrap();
+        );
         let mut counters = std::collections::BTreeMap::<String, i64>::new();
         let mut sets =
             std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
@@ -878,15 +880,13 @@ async fn overwrites_without_a_delta_log_store_what_a_logging_node_stores() {
     let mut seen = Vec::new();
     for logged in [true, false] {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        let w = Writer::start(
-            store.clone(),
+        let (store, w) = open_with(
+            dir.path(),
             WriterOptions {
                 log_local_groups: logged,
                 ..WriterOptions::default()
             },
-        )
-        .unwrap();
+        );
         for ops in &writes {
             w.write(ops.clone()).await.unwrap();
         }
