@@ -57,7 +57,7 @@ test: deps
 bench-crdt: deps
 	$(CARGO) bench -p dotkv-crdt --bench compare
 
-## bench-http: single node over HTTP against a hello-world ceiling, and fsync group commit.
+## bench-http: single node over HTTP against a hello-world ceiling, and fsync group commit (over HTTP and in the storage layer).
 bench-http: build
 	mkdir -p bench/results
 	$(CARGO_TARGET_DIR)/release/dotkv-bench single-node --json bench/results/single-node-$$(date +%F).json

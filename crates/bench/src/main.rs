@@ -1,7 +1,8 @@
 //! `dotkv-bench`: the load generator and side-by-side benchmarks of dotkv.
 //!
-//! Servers are always separate processes (dotkv is driven through its binary,
-//! never linked in), so a benchmark measures what a client sees. The pieces:
+//! Servers are separate processes (dotkv is driven through its binary), so a
+//! benchmark measures what a client sees; the one exception, [`group_commit`],
+//! links dotkv's writer to measure group commit without HTTP. The pieces:
 //! [`workload`] says what to send, [`target`] how to send it, [`generator`]
 //! how hard and for how long, [`stats`] what came out, [`process`] keeps the
 //! servers' lifetimes in hand, [`plot`] draws latency over time as a PNG, and
@@ -9,6 +10,7 @@
 
 mod command;
 mod generator;
+mod group_commit;
 mod pacer;
 mod plot;
 mod process;

@@ -71,7 +71,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(h: &Histogram<u64>) -> Latency {
+    pub(crate) fn of(h: &Histogram<u64>) -> Latency {
         let us = |ns: u64| ns as f64 / 1000.0;
         if h.is_empty() {
             return Latency {
@@ -340,6 +340,27 @@ pub(crate) async fn sample_cpu_over(
         irq_cores,
         steal_cores,
     })
+}
+
+/// A table's columns: `lead`, then those of [`rate_cells`], then `rest`.
+pub fn rate_columns<'a>(lead: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
+    let mut columns = lead.to_vec();
+    columns.extend(["ops/s", "p50", "p99", "p99.9", "max", "errors"]);
+    columns.extend_from_slice(rest);
+    columns
+}
+
+/// A case's cells in the bench's tables: ops/s, p50, p99, p99.9, max and
+/// errors.
+pub fn rate_cells(ops_per_sec: f64, l: &Latency, errors: u64) -> [String; 6] {
+    [
+        format!("{ops_per_sec:.0}"),
+        fmt_us(l.p50),
+        fmt_us(l.p99),
+        fmt_us(l.p999),
+        fmt_us(l.max),
+        errors.to_string(),
+    ]
 }
 
 /// Microseconds for a table: `87µs`, `1.24ms`, `3.1s`.

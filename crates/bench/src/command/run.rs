@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::generator::{self, LoadConfig};
-use crate::stats::{fmt_us, Report, Table};
+use crate::stats::{rate_cells, rate_columns, Report, Table};
 use crate::target::quic::QuicTarget;
 use crate::target::resp::RedisTarget;
 use crate::target::HttpTarget;
@@ -175,27 +175,21 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 fn report_table() -> Table {
-    Table::new(&[
-        "workload", "mode", "conns", "ops/s", "p50", "p99", "p99.9", "max", "errors", "unsent",
-    ])
+    Table::new(&rate_columns(&["workload", "mode", "conns"], &["unsent"]))
 }
 
 fn report_row(r: &Report) -> Vec<String> {
-    vec![
+    let mut row = vec![
         r.workload.clone(),
         match r.rate {
             Some(rate) => format!("open {rate:.0}/s"),
             None => "closed".into(),
         },
         r.connections.to_string(),
-        format!("{:.0}", r.ops_per_sec),
-        fmt_us(r.latency_us.p50),
-        fmt_us(r.latency_us.p99),
-        fmt_us(r.latency_us.p999),
-        fmt_us(r.latency_us.max),
-        r.errors.to_string(),
-        r.unsent.to_string(),
-    ]
+    ];
+    row.extend(rate_cells(r.ops_per_sec, &r.latency_us, r.errors));
+    row.push(r.unsent.to_string());
+    row
 }
 
 /// Print what a reader of the numbers must know: errors and their first

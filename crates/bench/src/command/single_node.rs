@@ -16,9 +16,14 @@
 //!    For reference, the same single-connection case under `wal` (measured in
 //!    step 2) shows what one writer reaches when the fsync is free, and
 //!    dotkv's own `/metrics` give the writes per commit and the commit time.
+//! 4. The same group commit in the storage layer: dotkv's writer, linked
+//!    into this process and driven by 1 and then many tasks, with no HTTP
+//!    in between ([`crate::group_commit`]). Over HTTP on two shared cores,
+//!    the many writers are bounded by the HTTP path's CPU before the fsync;
+//!    this case shows what group commit does on its own (same target).
 //!
-//! All servers are child processes (never linked in), stopped at the end and
-//! killed on any error or interruption.
+//! All servers are child processes, stopped at the end and killed on any
+//! error or interruption; only step 4 links dotkv's storage crate.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -32,8 +37,9 @@ use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use crate::command::run::{warn_about, LoadArgs};
 use crate::generator::{self, LoadConfig};
+use crate::group_commit::{self, WriterCase};
 use crate::process::{Server, Spawn};
-use crate::stats::{fmt_us, Report, Table};
+use crate::stats::{fmt_us, rate_cells, rate_columns, Report, Table};
 use crate::target::{Answer, Connection, HttpTarget, Target};
 use crate::workload::{CounterAdd, Ping, RegisterGet, RegisterPut, SetAdd, Workload};
 
@@ -84,7 +90,17 @@ struct Results {
     /// The HTTP cases under `durability = "wal"`, compared with the ceiling.
     wal: Vec<Case>,
     fsync: FsyncResult,
+    /// Group commit in the storage layer, without HTTP (step 4).
+    fsync_storage: StorageFsyncResult,
     targets: Targets,
+}
+
+#[derive(Debug, Serialize)]
+struct StorageFsyncResult {
+    one: WriterCase,
+    many: WriterCase,
+    /// `many` writes/s ÷ `one` writes/s.
+    ratio: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -132,6 +148,8 @@ struct Targets {
     pct_of_hello_met: bool,
     fsync_ratio_min: f64,
     fsync_ratio_met: bool,
+    /// The same target for group commit in the storage layer.
+    fsync_storage_ratio_met: bool,
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -164,7 +182,7 @@ async fn run_inner(args: Args) -> Result<()> {
     );
 
     // 1. The ceiling (measured again after step 2).
-    eprintln!("[1/3] hello ceiling, {conns} connections");
+    eprintln!("[1/4] hello ceiling, {conns} connections");
     let hello = measure_hello(&me, &args, "hello (GET /), before").await?;
 
     // 2. dotkv, durability = wal.
@@ -173,7 +191,7 @@ async fn run_inner(args: Args) -> Result<()> {
         .tempdir()
         .context("creating a temporary directory")?;
     eprintln!(
-        "[2/3] dotkv (wal) in {}, {conns} connections",
+        "[2/4] dotkv (wal) in {}, {conns} connections",
         dir.path().display()
     );
     let node = start_dotkv(&dotkv, dir.path(), "wal").await?;
@@ -231,7 +249,7 @@ async fn run_inner(args: Args) -> Result<()> {
     }
 
     // 3. The same node restarted with durability = fsync.
-    eprintln!("[3/3] dotkv (fsync), counter add with 1 and {many} connections");
+    eprintln!("[3/4] dotkv (fsync), counter add with 1 and {many} connections");
     let node = start_dotkv(&dotkv, dir.path(), "fsync").await?;
     let target = HttpTarget::new(node.addr);
     let one = measure(
@@ -255,6 +273,19 @@ async fn run_inner(args: Args) -> Result<()> {
         0.0
     };
 
+    // 4. Group commit in the storage layer.
+    eprintln!("[4/4] dotkv's writer in this process (fsync), 1 and {many} writers, no HTTP");
+    let load = args.load.config("storage", 1, None)?;
+    let (s_one, s_many) = group_commit::one_and_many(
+        &dir.path().join("storage"),
+        many,
+        args.keys,
+        load.warmup,
+        load.duration,
+    )
+    .await?;
+    let s_ratio = group_commit::ratio(&s_one, &s_many);
+
     // Report.
     let command: Vec<String> = std::env::args().collect();
     println!();
@@ -264,20 +295,10 @@ async fn run_inner(args: Args) -> Result<()> {
         machine.cpus, machine.cpu_model
     );
     println!();
-    let mut t = Table::new(&[
-        "case",
-        "conns",
-        "ops/s",
-        "p50",
-        "p99",
-        "p99.9",
-        "max",
-        "errors",
-        "% of hello",
-        "CPU bench",
-        "CPU server",
-        "CPU other",
-    ]);
+    let mut t = Table::new(&rate_columns(
+        &["case", "conns"],
+        &["% of hello", "CPU bench", "CPU server", "CPU other"],
+    ));
     t.row(http_row(&hello));
     t.row(http_row(&hello_after));
     for c in &wal {
@@ -289,20 +310,10 @@ async fn run_inner(args: Args) -> Result<()> {
         hello.report.ops_per_sec, hello_after.report.ops_per_sec
     );
     println!();
-    let mut t = Table::new(&[
-        "durability case",
-        "conns",
-        "ops/s",
-        "p50",
-        "p99",
-        "p99.9",
-        "max",
-        "errors",
-        "writes/commit",
-        "commit time",
-        "CPU bench",
-        "CPU server",
-    ]);
+    let mut t = Table::new(&rate_columns(
+        &["durability case", "conns"],
+        &["writes/commit", "commit time", "CPU bench", "CPU server"],
+    ));
     for c in [&wal_one, &one, &many_r] {
         t.row(durability_row(c));
     }
@@ -323,12 +334,40 @@ async fn run_inner(args: Args) -> Result<()> {
         "fsync group commit: {many} conns / 1 conn = {ratio:.1}x (target >= {FSYNC_RATIO_TARGET:.0}x): {}",
         if ratio_met { "met" } else { "MISSED" }
     );
+    let mut t = Table::new(&rate_columns(
+        &["storage-layer case (fsync)", "writers"],
+        &["writes/commit"],
+    ));
+    for c in [&s_one, &s_many] {
+        let mut row = vec![
+            format!("counter add, {} writer(s), no HTTP", c.writers),
+            c.writers.to_string(),
+        ];
+        row.extend(rate_cells(c.ops_per_sec, &c.latency_us, c.errors));
+        row.push(format!("{:.1}", c.writes_per_commit));
+        t.row(row);
+    }
+    println!();
+    print!("{}", t.render());
+    let s_ratio_met = s_ratio >= FSYNC_RATIO_TARGET;
+    println!(
+        "fsync group commit in the storage layer: {many} writers / 1 writer = {s_ratio:.1}x (target >= {FSYNC_RATIO_TARGET:.0}x): {}",
+        if s_ratio_met { "met" } else { "MISSED" }
+    );
     for c in [&hello, &hello_after]
         .into_iter()
         .chain(&wal)
         .chain([&wal_one, &one, &many_r])
     {
         warn_about(&c.report);
+    }
+    for c in [&s_one, &s_many] {
+        if c.errors > 0 || c.ops == 0 {
+            eprintln!(
+                "warning: the storage-layer case with {} writer(s) had {} errors and {} writes",
+                c.writers, c.errors, c.ops
+            );
+        }
     }
 
     if let Some(path) = &args.json {
@@ -346,11 +385,17 @@ async fn run_inner(args: Args) -> Result<()> {
                 many: many_r,
                 ratio,
             },
+            fsync_storage: StorageFsyncResult {
+                one: s_one,
+                many: s_many,
+                ratio: s_ratio,
+            },
             targets: Targets {
                 pct_of_hello_min: CEILING_TARGET_PCT,
                 pct_of_hello_met: pct_met,
                 fsync_ratio_min: FSYNC_RATIO_TARGET,
                 fsync_ratio_met: ratio_met,
+                fsync_storage_ratio_met: s_ratio_met,
             },
         };
         let text = serde_json::to_string_pretty(&results)?;
@@ -472,35 +517,24 @@ fn cores(c: Option<f64>) -> String {
 
 fn http_row(c: &Case) -> Vec<String> {
     let r = &c.report;
-    vec![
-        r.case.clone(),
-        r.connections.to_string(),
-        format!("{:.0}", r.ops_per_sec),
-        fmt_us(r.latency_us.p50),
-        fmt_us(r.latency_us.p99),
-        fmt_us(r.latency_us.p999),
-        fmt_us(r.latency_us.max),
-        r.errors.to_string(),
+    let mut row = vec![r.case.clone(), r.connections.to_string()];
+    row.extend(rate_cells(r.ops_per_sec, &r.latency_us, r.errors));
+    row.extend([
         c.pct_of_hello
             .map(|p| format!("{p:.0}%"))
             .unwrap_or_else(|| "-".into()),
         cores(r.cpu.map(|c| c.bench_cores)),
         cores(r.cpu.and_then(|c| c.server_cores)),
         cores(r.cpu.and_then(|c| c.other_cores)),
-    ]
+    ]);
+    row
 }
 
 fn durability_row(c: &Case) -> Vec<String> {
     let r = &c.report;
-    vec![
-        r.case.clone(),
-        r.connections.to_string(),
-        format!("{:.0}", r.ops_per_sec),
-        fmt_us(r.latency_us.p50),
-        fmt_us(r.latency_us.p99),
-        fmt_us(r.latency_us.p999),
-        fmt_us(r.latency_us.max),
-        r.errors.to_string(),
+    let mut row = vec![r.case.clone(), r.connections.to_string()];
+    row.extend(rate_cells(r.ops_per_sec, &r.latency_us, r.errors));
+    row.extend([
         c.storage
             .map(|s| format!("{:.1}", s.writes_per_commit))
             .unwrap_or_else(|| "-".into()),
@@ -509,7 +543,8 @@ fn durability_row(c: &Case) -> Vec<String> {
             .unwrap_or_else(|| "-".into()),
         cores(r.cpu.map(|c| c.bench_cores)),
         cores(r.cpu.and_then(|c| c.server_cores)),
-    ]
+    ]);
+    row
 }
 
 /// Start dotkv on `dir` (config and log in `dir`, data in `dir/data`) and

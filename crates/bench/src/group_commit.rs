@@ -1,0 +1,191 @@
+//! Group commit measured in the storage layer: dotkv's writer
+//! (`dotkv_storage::Writer`, real RocksDB in a temporary directory, under
+//! `durability = "fsync"`) driven by tasks in this process, with no HTTP in
+//! between. The one place the bench links dotkv instead of running its
+//! binary: over HTTP on a machine whose cores the generator shares, what 64
+//! fsynced writers reach is bounded by the HTTP path's CPU before the fsync
+//! (docs/PERFORMANCE.md), and this case shows what group commit itself does
+//! with the same writer, the same store options and the same disk.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use dotkv_storage::{Durability, Op, Store, StoreOptions, Writer, WriterOptions};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::stats::Latency;
+
+/// One case: `writers` tasks, each with one write in flight at a time.
+#[derive(Debug, Clone, Serialize)]
+pub struct WriterCase {
+    pub writers: usize,
+    /// Writes answered within the measured window.
+    pub ops: u64,
+    pub ops_per_sec: f64,
+    pub latency_us: Latency,
+    pub errors: u64,
+    /// Writes that shared one commit (one WAL write and one fsync), on
+    /// average over the measured window.
+    pub writes_per_commit: f64,
+}
+
+/// Run `writers` tasks against a fresh store in `dir` for `warmup` then
+/// `duration`; each adds 1 to one of `keys` counters, as a node with no
+/// peers would (no delta log).
+pub async fn measure(
+    dir: &Path,
+    writers: usize,
+    keys: u64,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<WriterCase> {
+    let store = Store::open(dir, &StoreOptions::default())
+        .with_context(|| format!("opening a store in {}", dir.display()))?;
+    let writer = Writer::start(
+        store,
+        WriterOptions {
+            durability: Durability::Fsync,
+            log_local_groups: false,
+            ..WriterOptions::default()
+        },
+    )
+    .context("starting the writer")?;
+    let start = Instant::now();
+    let from = start + warmup;
+    let until = from + duration;
+    let keys = keys.max(1);
+    let tasks: Vec<_> = (0..writers)
+        .map(|i| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3)
+                    .expect("constant bounds");
+                let (mut ops, mut errors) = (0u64, 0u64);
+                let mut n = i as u64;
+                loop {
+                    let sent = Instant::now();
+                    if sent >= until {
+                        break;
+                    }
+                    let key = format!("c{}", n % keys);
+                    n += writers as u64;
+                    let result = writer.write(vec![Op::CounterAdd { key, amount: 1 }]).await;
+                    let done = Instant::now();
+                    if done < from || done >= until {
+                        continue;
+                    }
+                    match result {
+                        Ok(_) => {
+                            ops += 1;
+                            let ns = (done - sent).as_nanos().min(u64::MAX as u128) as u64;
+                            hist.saturating_record(ns.max(1));
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                (hist, ops, errors)
+            })
+        })
+        .collect();
+    // The commits counter at the window's edges, read by a task of its own.
+    let stats_writer = writer.clone();
+    let commits_at = tokio::spawn(async move {
+        let commits = || {
+            stats_writer
+                .stats()
+                .commits
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        tokio::time::sleep_until(from).await;
+        let first = commits();
+        tokio::time::sleep_until(until).await;
+        (first, commits())
+    });
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3).expect("constant bounds");
+    let (mut ops, mut errors) = (0u64, 0u64);
+    for t in tasks {
+        let (h, o, e) = t.await.context("a writer task failed")?;
+        hist.add(&h).context("merging latency histograms")?;
+        ops += o;
+        errors += e;
+    }
+    let (c0, c1) = commits_at.await.context("the commit counter task failed")?;
+    writer.stop().await;
+    let commits = c1.saturating_sub(c0);
+    Ok(WriterCase {
+        writers,
+        ops,
+        ops_per_sec: ops as f64 / duration.as_secs_f64().max(1e-9),
+        latency_us: Latency::of(&hist),
+        errors,
+        writes_per_commit: if commits > 0 {
+            ops as f64 / commits as f64
+        } else {
+            0.0
+        },
+    })
+}
+
+/// Both cases, one writer then `many`, each on a fresh store under `dir`.
+pub async fn one_and_many(
+    dir: &Path,
+    many: usize,
+    keys: u64,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<(WriterCase, WriterCase)> {
+    let one = measure(&dir.join("one"), 1, keys, warmup, duration).await?;
+    let many = measure(&dir.join("many"), many, keys, warmup, duration).await?;
+    Ok((one, many))
+}
+
+/// Shared by the report: writes/s of `many` over writes/s of `one`.
+pub fn ratio(one: &WriterCase, many: &WriterCase) -> f64 {
+    if one.ops_per_sec > 0.0 {
+        many.ops_per_sec / one.ops_per_sec
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The case measures real fsynced writes: every one answered, none
+    /// failed, and each commit carried at least one of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_are_measured_against_a_real_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let case = measure(
+            dir.path(),
+            8,
+            16,
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap();
+        assert_eq!(case.writers, 8);
+        assert_eq!(case.errors, 0);
+        assert!(case.ops > 0, "no write was answered in the window");
+        assert!(case.writes_per_commit >= 1.0, "{case:?}");
+        assert!(case.latency_us.p50 > 0.0 && case.latency_us.max >= case.latency_us.p50);
+        // What was written is there: reopen the store and add up the
+        // counters; the window's writes are a part of them.
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let total: i64 = (0..16)
+            .map(|k| {
+                store
+                    .counter(&format!("c{k}"))
+                    .unwrap()
+                    .map_or(0, |c| c.value().unwrap())
+            })
+            .sum();
+        assert!(total >= case.ops as i64, "{total} < {}", case.ops);
+    }
+}
