@@ -18,6 +18,9 @@ use tokio::time::Instant;
 
 use crate::stats::Latency;
 
+/// Longest wait for one write; one that takes longer counts as an error.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One case: `writers` tasks, each with one write in flight at a time.
 #[derive(Debug, Clone, Serialize)]
 pub struct WriterCase {
@@ -72,18 +75,19 @@ pub async fn measure(
                     }
                     let key = format!("c{}", n % keys);
                     n += writers as u64;
-                    let result = writer.write(vec![Op::CounterAdd { key, amount: 1 }]).await;
+                    let write = writer.write(vec![Op::CounterAdd { key, amount: 1 }]);
+                    let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
                     let done = Instant::now();
                     if done < from || done >= until {
                         continue;
                     }
                     match result {
-                        Ok(_) => {
+                        Ok(Ok(_)) => {
                             ops += 1;
                             let ns = (done - sent).as_nanos().min(u64::MAX as u128) as u64;
                             hist.saturating_record(ns.max(1));
                         }
-                        Err(_) => errors += 1,
+                        Ok(Err(_)) | Err(_) => errors += 1,
                     }
                 }
                 (hist, ops, errors)
