@@ -1,8 +1,9 @@
 //! Group commit measured in the storage layer: dotkv's writer
 //! (`dotkv_storage::Writer`, real RocksDB in a temporary directory, under
 //! `durability = "fsync"`) driven by tasks in this process, with no HTTP in
-//! between. The one place the bench links dotkv instead of running its
-//! binary: over HTTP on a machine whose cores the generator shares, what 64
+//! between. The one place the bench measures a part of dotkv in its own
+//! process rather than through the binary: over HTTP on a machine whose
+//! cores the generator shares, what 64
 //! fsynced writers reach is bounded by the HTTP path's CPU before the fsync
 //! (docs/PERFORMANCE.md), and this case shows what group commit itself does
 //! with the same writer, the same store options and the same disk.

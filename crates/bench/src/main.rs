@@ -2,7 +2,8 @@
 //!
 //! Servers are separate processes (dotkv is driven through its binary), so a
 //! benchmark measures what a client sees; the one exception, [`group_commit`],
-//! links dotkv's writer to measure group commit without HTTP. The pieces:
+//! runs dotkv's writer in this process to measure group commit without HTTP.
+//! The pieces:
 //! [`workload`] says what to send, [`target`] how to send it, [`generator`]
 //! how hard and for how long, [`stats`] what came out, [`process`] keeps the
 //! servers' lifetimes in hand, [`plot`] draws latency over time as a PNG, and
