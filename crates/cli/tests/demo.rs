@@ -303,9 +303,17 @@ fn two_datacenters_start_serve_and_stop_cleanly() {
 
 #[test]
 fn busy_ports_and_bad_flags_are_refused_clearly() {
-    let base = free_range(6);
-    // Someone else holds the HTTP port of dc1-n2 (BASE + 2).
-    let _squatter = TcpListener::bind(("127.0.0.1", base + 2)).unwrap();
+    // Someone else holds the HTTP port of dc1-n2 (BASE + 2). Another process
+    // may take a port between `free_range`'s probe and this bind, so a range
+    // whose squatter cannot bind is passed over for the next one.
+    let (base, _squatter) = (0..20)
+        .find_map(|_| {
+            let base = free_range(6);
+            TcpListener::bind(("127.0.0.1", base + 2))
+                .ok()
+                .map(|held| (base, held))
+        })
+        .expect("20 free ranges in a row lost their port before it was held");
     let mut demo = Demo::start(&[
         "--datacenters",
         "1",
