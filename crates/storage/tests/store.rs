@@ -464,6 +464,157 @@ async fn fsync_durability_commits() {
     w.stop().await;
 }
 
+/// Many tasks writing the same counters and sets at once, so that each
+/// commit group holds many of them and builds on the rows of the group
+/// before (under fsync the writer thread commits them, under the default
+/// durability the tasks commit inline), with and without the row cache.
+/// Each task owns its set elements and a counter of its own; two tasks
+/// share a small set that they fill and empty, so its listing row is
+/// written and deleted by either. The outcome is known exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_groups_on_shared_rows_leave_exactly_what_was_written() {
+    const TASKS: usize = 32;
+    const ROUNDS: u64 = 60;
+    for (durability, budget) in [
+        (Durability::Fsync, 0),
+        (Durability::Fsync, 32 << 20),
+        (Durability::Wal, 32 << 20),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, w) = open_with(
+            dir.path(),
+            WriterOptions {
+                durability,
+                row_cache_bytes: budget,
+                ..WriterOptions::default()
+            },
+        );
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let w = w.clone();
+                tokio::spawn(async move {
+                    // What this task's writes leave: the shared counters'
+                    // sums it added, its own counter, its elements in the
+                    // shared sets and in its pair's set.
+                    let mut shared = [0i64; 3];
+                    let mut own_counter = 0i64;
+                    let mut elems = std::collections::BTreeMap::<(String, String), bool>::new();
+                    let mut own_set = std::collections::BTreeSet::<String>::new();
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (t as u64 + 1);
+                    for round in 0..ROUNDS {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let key = format!("s{}", x % 3);
+                        let elem = format!("t{t}-{}", (x >> 8) % 3);
+                        let mine = format!("own{t}");
+                        let pair = format!("pair{}", t / 2);
+                        let op = match round % 8 {
+                            0 | 1 => {
+                                let k = (x >> 16) as usize % 3;
+                                shared[k] += 1;
+                                own_counter += 2;
+                                w.write(vec![add(&format!("c{k}"), 1), add(&mine, 2)]).await
+                            }
+                            2 => {
+                                elems.insert((key.clone(), elem.clone()), true);
+                                w.write(vec![set_add(&key, &[&elem])]).await
+                            }
+                            3 => {
+                                elems.insert((key.clone(), elem.clone()), false);
+                                w.write(vec![set_remove(&key, &[&elem])]).await
+                            }
+                            4..=6 => {
+                                let e = format!("t{t}-e{}", (x >> 24) % 2);
+                                if own_set.remove(&e) {
+                                    w.write(vec![set_remove(&pair, &[&e])]).await
+                                } else {
+                                    own_set.insert(e.clone());
+                                    w.write(vec![set_add(&pair, &[&e])]).await
+                                }
+                            }
+                            _ => {
+                                if round % 16 == 7 {
+                                    own_counter = 0;
+                                    w.write(vec![Op::Delete {
+                                        kind: ObjectKind::Counter,
+                                        key: mine.clone(),
+                                    }])
+                                    .await
+                                } else {
+                                    // Rejected: nothing of it may stay.
+                                    let err = w
+                                        .write(vec![add(&mine, 1), add(&mine, i64::MAX)])
+                                        .await
+                                        .unwrap_err();
+                                    assert!(
+                                        matches!(err, StorageError::CounterOverflow { .. }),
+                                        "{err}"
+                                    );
+                                    continue;
+                                }
+                            }
+                        };
+                        op.unwrap();
+                    }
+                    (shared, own_counter, elems, own_set)
+                })
+            })
+            .collect();
+        let mut shared = [0i64; 3];
+        let mut results = Vec::new();
+        for task in tasks {
+            let (s, own_counter, elems, own_set) = task.await.unwrap();
+            for k in 0..3 {
+                shared[k] += s[k];
+            }
+            results.push((own_counter, elems, own_set));
+        }
+        let commits = w.stats().commits.load(std::sync::atomic::Ordering::Relaxed);
+        let requests = w
+            .stats()
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            commits < requests,
+            "no commit was shared: {commits} of {requests}"
+        );
+        w.stop().await;
+        drop(w);
+        drop(store);
+        let (store, w) = open(dir.path());
+        let case = format!("{durability:?} with a {budget}-byte row cache");
+        for (k, want) in shared.iter().enumerate() {
+            let got = store.counter(&format!("c{k}")).unwrap().map(|c| c.value());
+            assert_eq!(got, Some(Ok(*want)), "counter c{k}, {case}");
+        }
+        let mut in_sets = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for (t, (own_counter, elems, own_set)) in results.into_iter().enumerate() {
+            let mine = format!("own{t}");
+            let got = store.counter(&mine).unwrap().map(|c| c.value());
+            assert_eq!(got, Some(Ok(own_counter)), "counter {mine}, {case}");
+            let pair = in_sets.entry(format!("pair{}", t / 2)).or_default();
+            pair.extend(own_set);
+            for ((key, elem), present) in elems {
+                let list = in_sets.entry(key).or_default();
+                if present {
+                    list.push(elem);
+                }
+            }
+        }
+        for (key, mut want) in in_sets {
+            want.sort();
+            assert_eq!(set_elems(&store, &key), want, "set {key}, {case}");
+            assert_eq!(
+                set_listed(&store, &key),
+                !want.is_empty(),
+                "{key} listed, {case}"
+            );
+        }
+        w.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn the_log_is_trimmed_to_a_given_position() {
     let dir = tempfile::tempdir().unwrap();
