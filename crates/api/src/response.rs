@@ -156,8 +156,10 @@ pub struct BatchResponse {
 pub struct Status {
     /// The node's replica UUID.
     pub node_id: String,
-    /// The compact replica id used in dots.
-    pub replica: u64,
+    /// The compact replica id used in dots, as 16 lowercase hex digits: the
+    /// form the version vector's keys and `X-Dotkv-Hlc` use (a JSON number
+    /// would lose precision above 2^53 in many clients).
+    pub replica: String,
     pub datacenter: String,
     /// The node's name in the cluster config.
     pub node: String,
@@ -262,7 +264,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(status.node_id, "n1");
-        assert_eq!(status.replica, 0);
+        assert_eq!(status.replica, "");
         assert!(status.peers[0].connected);
         assert_eq!(status.peers[0].lag_ms, 0);
         let round: Status = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();

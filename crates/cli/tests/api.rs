@@ -314,6 +314,12 @@ fn every_error_status() {
     );
     expect(r, 400, "malformed");
     expect(n.get("/v1/counter/%FF%FE"), 400, "malformed");
+    // A '%' without two hex digits is refused, not taken literally; a key
+    // with a '%' in it is sent as %25.
+    expect(n.get("/v1/counter/%zz"), 400, "malformed");
+    expect(n.post("/v1/counter/100%", r#"{"add":1}"#), 400, "malformed");
+    n.post("/v1/counter/100%25", r#"{"add":1}"#);
+    assert_eq!(n.get("/v1/counter/100%25").json()["key"], "100%");
     let r = try_request(
         n.addr,
         "POST",
@@ -696,7 +702,14 @@ fn status_health_metrics() {
     assert_eq!(s["datacenter"], "dc1");
     assert_eq!(s["node"], "node1");
     assert!(s["node_id"].as_str().unwrap().len() >= 32);
+    // `replica` is the version vector's key for this node: 16 hex digits.
+    let replica = s["replica"].as_str().unwrap();
+    assert!(
+        replica.len() == 16 && replica.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{s}"
+    );
     assert_eq!(s["version_vector"].as_object().unwrap().len(), 1);
+    assert_eq!(s["version_vector"][replica], 1, "{s}");
     assert_eq!(s["peers"], json!([]));
     assert_eq!(n.get("/health").json()["status"], "ok");
     let m = n.get("/metrics").text();

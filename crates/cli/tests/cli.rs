@@ -298,7 +298,7 @@ async fn usage_errors_exit_2_without_a_request() {
 #[tokio::test]
 async fn status_and_health() {
     let server = answering(json!({
-        "node_id": "u1", "replica": 1, "datacenter": "dc1", "node": "n1",
+        "node_id": "u1", "replica": "0000000000000001", "datacenter": "dc1", "node": "n1",
         "version_vector": {"u1": 4}, "peers": []
     }))
     .await;
@@ -306,7 +306,7 @@ async fn status_and_health() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stdout
-            .starts_with("node        n1 (id u1, replica 1)\n"),
+            .starts_with("node        n1 (id u1, replica 0000000000000001)\n"),
         "{}",
         run.stdout
     );

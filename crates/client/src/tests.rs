@@ -249,13 +249,13 @@ async fn batch_status_health() {
     );
 
     let (server, client) = answering(json!({
-        "node_id": "u-1", "replica": 3, "datacenter": "dc1", "node": "n1",
+        "node_id": "u-1", "replica": "0000000000000003", "datacenter": "dc1", "node": "n1",
         "version_vector": {"u-1": 10},
         "peers": [{"name": "n2", "address": "10.0.0.2:7701", "connected": true, "lag_groups": 1}]
     }))
     .await;
     let status = client.status(&ReadOptions::default()).await.unwrap().value;
-    assert_eq!(status.replica, 3);
+    assert_eq!(status.replica, "0000000000000003");
     assert_eq!(status.version_vector["u-1"], 10);
     assert_eq!(status.peers[0].lag_groups, 1);
     assert_eq!(last(&server).path, "/v1/status");

@@ -593,8 +593,8 @@ fn parse_type(t: &str) -> Result<CrdtType> {
     })
 }
 
-/// The `{type}` and `{key}` of a path, percent-decoded. Decoded bytes that are
-/// not UTF-8 are `malformed`.
+/// The `{type}` and `{key}` of a path, percent-decoded. A `%` not followed
+/// by two hex digits, and decoded bytes that are not UTF-8, are `malformed`.
 fn path_parts(uri: &Uri) -> Result<(String, Option<String>)> {
     let rest = uri.path().strip_prefix("/v1/").unwrap_or_default();
     let (t, key) = match rest.split_once('/') {
@@ -602,10 +602,15 @@ fn path_parts(uri: &Uri) -> Result<(String, Option<String>)> {
         None => (rest, None),
     };
     let decode = |s: &str, what: &str| -> Result<String> {
-        percent_decode(s).ok_or_else(|| {
-            HttpError(ApiError::malformed(format!(
-                "the {what} in the path is not valid UTF-8 (after percent-decoding)"
-            )))
+        percent_decode(s).map_err(|e| {
+            HttpError(ApiError::malformed(match e {
+                PercentError::Escape(at) => format!(
+                    "the {what} in the path has a '%' at byte {at} that is not followed by two hex digits (a '%' in a key is sent as %25)"
+                ),
+                PercentError::Utf8 => {
+                    format!("the {what} in the path is not valid UTF-8 (after percent-decoding)")
+                }
+            }))
         })
     };
     Ok((
@@ -614,30 +619,42 @@ fn path_parts(uri: &Uri) -> Result<(String, Option<String>)> {
     ))
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+#[derive(Debug, PartialEq, Eq)]
+enum PercentError {
+    /// A `%` at this byte offset without two hex digits after it.
+    Escape(usize),
+    /// The decoded bytes are not UTF-8.
+    Utf8,
+}
+
+fn percent_decode(s: &str) -> std::result::Result<String, PercentError> {
     if !s.contains('%') {
-        return Some(s.to_owned());
+        return Ok(s.to_owned());
     }
+    let hex = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
-            match u8::from_str_radix(hex, 16) {
-                Ok(v) => {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
-                Err(_) => out.push(b[i]),
-            }
+        if b[i] == b'%' {
+            let hi = b.get(i + 1).copied().and_then(hex);
+            let lo = b.get(i + 2).copied().and_then(hex);
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err(PercentError::Escape(i));
+            };
+            out.push(hi << 4 | lo);
+            i += 3;
         } else {
             out.push(b[i]);
+            i += 1;
         }
-        i += 1;
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).map_err(|_| PercentError::Utf8)
 }
 
 fn query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> Result<T> {
@@ -1158,7 +1175,7 @@ async fn status(State(node): State<Shared>, method: Method) -> Result<Response> 
     let c = node.writer.committed().borrow().clone();
     let status = Status {
         node_id: node.store.replica_uuid().to_string(),
-        replica: node.store.replica().0,
+        replica: node.store.replica().to_string(),
         datacenter: node.config.node.datacenter.clone(),
         node: node.config.node.name.clone(),
         version_vector: c.vv.iter().map(|(r, n)| (r.to_string(), n)).collect(),
@@ -1187,6 +1204,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn percent_escapes_decode_exactly_or_are_refused() {
+        assert_eq!(percent_decode("plain").unwrap(), "plain");
+        assert_eq!(percent_decode("a%2Fb%20c%25").unwrap(), "a/b c%");
+        assert_eq!(percent_decode("%C3%A9t%c3%a9").unwrap(), "été");
+        assert_eq!(percent_decode("%zz"), Err(PercentError::Escape(0)));
+        assert_eq!(percent_decode("ab%4"), Err(PercentError::Escape(2)));
+        assert_eq!(percent_decode("100%"), Err(PercentError::Escape(3)));
+        // from_str_radix would take a sign: "+1" is not two hex digits.
+        assert_eq!(percent_decode("x%+1"), Err(PercentError::Escape(1)));
+        assert_eq!(percent_decode("%FF"), Err(PercentError::Utf8));
+    }
+
+    #[test]
     fn labels_are_bounded() {
         let route = |p| metrics::ROUTES[route_label(p)];
         assert_eq!(route("/v1/counter/a/b/c"), "/v1/counter/{key}");
@@ -1203,14 +1233,5 @@ mod tests {
                 assert_eq!(method_label(&method), i);
             }
         }
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%2Fb").as_deref(), Some("a/b"));
-        assert_eq!(percent_decode("caf%C3%A9").as_deref(), Some("café"));
-        assert_eq!(percent_decode("%FF"), None);
-        assert_eq!(percent_decode("100%").as_deref(), Some("100%"));
-        assert_eq!(percent_decode("%zz").as_deref(), Some("%zz"));
     }
 }

@@ -701,8 +701,9 @@ impl NodeStatus {
     fn parse(body: &[u8]) -> Result<NodeStatus> {
         let v: serde_json::Value = serde_json::from_slice(body).context("parsing /v1/status")?;
         let replica = v["replica"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("/v1/status has no numeric `replica`"))?;
+            .as_str()
+            .ok_or_else(|| anyhow!("/v1/status has no `replica` string"))?
+            .to_owned();
         let version_vector = v["version_vector"]
             .as_object()
             .ok_or_else(|| anyhow!("/v1/status has no `version_vector` object"))?
@@ -723,7 +724,7 @@ impl NodeStatus {
             })
             .unwrap_or_default();
         Ok(NodeStatus {
-            replica: ReplicaId(replica).to_string(),
+            replica,
             version_vector,
             peers,
         })
@@ -1773,7 +1774,8 @@ dotkv_storage_write_requests_total 7
 
     #[test]
     fn status_gives_the_own_sequence() {
-        let body = br#"{"node_id":"x","replica":255,"datacenter":"dc1","node":"dc1-n1",
+        let body =
+            br#"{"node_id":"x","replica":"00000000000000ff","datacenter":"dc1","node":"dc1-n1",
             "version_vector":{"00000000000000ff":12,"0000000000000001":3},
             "peers":[{"name":"dc2-n1","connected":true}]}"#;
         let st = NodeStatus::parse(body).unwrap();

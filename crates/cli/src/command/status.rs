@@ -50,7 +50,7 @@ mod tests {
     fn human_form() {
         let status = Status {
             node_id: "u1".into(),
-            replica: 2,
+            replica: "0000000000000002".into(),
             datacenter: "dc1".into(),
             node: "n1".into(),
             version_vector: [("u1".to_owned(), 5), ("u2".to_owned(), 3)].into(),
@@ -65,7 +65,7 @@ mod tests {
         };
         assert_eq!(
             human(&status),
-            "node        n1 (id u1, replica 2)\n\
+            "node        n1 (id u1, replica 0000000000000002)\n\
              datacenter  dc1\n\
              applied     u1=5 u2=3\n\
              peer        n2 127.0.0.2:7701 connected, lag 1 groups / 20 ms"
