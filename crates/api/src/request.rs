@@ -122,9 +122,13 @@ pub struct ListQuery {
 }
 
 /// Parses a JSON request body. Text that is not JSON (or is cut short) is
-/// `malformed` (400); JSON of the wrong shape is `invalid_op` (422).
+/// `malformed` (400); JSON of the wrong shape is `invalid_op` (422). So is an
+/// integer outside the 64-bit range (`malformed`, as serde_json's own "number
+/// out of range" for `1e400` is): serde_json would read it as the nearest
+/// `f64`, and a register or a set would then keep a number the client never
+/// sent.
 pub fn from_json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
+    let value = serde_json::from_slice(body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
             Category::Data => ApiError::invalid_op(format!("invalid request body: {e}")),
@@ -132,13 +136,119 @@ pub fn from_json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
                 ApiError::malformed(format!("request body is not valid JSON: {e}"))
             }
         }
-    })
+    })?;
+    if let Some(at) = integer_beyond_64_bits(body) {
+        let end = body[at..]
+            .iter()
+            .position(|b| !(b.is_ascii_digit() || *b == b'-'))
+            .map_or(body.len(), |n| at + n);
+        let shown = String::from_utf8_lossy(&body[at..end.min(at + 40)]);
+        return Err(ApiError::malformed(format!(
+            "request body has the integer {shown}{} at byte {at}, outside the 64-bit range \
+             (-2^63 to 2^64-1): it would lose precision; send it as a string",
+            if end > at + 40 { "…" } else { "" }
+        )));
+    }
+    Ok(value)
+}
+
+/// The byte offset of the first integer literal outside strings (no `.`, `e`
+/// or `E`) that fits neither `i64` nor `u64`, in a body that is valid JSON.
+fn integer_beyond_64_bits(json: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                // Skip the string, escapes included.
+                i += 1;
+                while i < json.len() && json[i] != b'"' {
+                    i += if json[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                let negative = json[i] == b'-';
+                let digits_start = i + usize::from(negative);
+                let mut end = digits_start;
+                while end < json.len() && json[end].is_ascii_digit() {
+                    end += 1;
+                }
+                let fraction = end < json.len() && matches!(json[end], b'.' | b'e' | b'E');
+                let digits = &json[digits_start..end];
+                // JSON has no leading zeros, so the digit count orders them.
+                let limit: &[u8] = if negative {
+                    b"9223372036854775808"
+                } else {
+                    b"18446744073709551615"
+                };
+                let too_big =
+                    digits.len() > limit.len() || (digits.len() == limit.len() && digits > limit);
+                if !fraction && too_big {
+                    return Some(start);
+                }
+                i = end;
+                // Skip the rest of a number with a fraction or an exponent.
+                while i < json.len()
+                    && matches!(json[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ErrorCode;
+
+    #[test]
+    fn integers_beyond_64_bits_are_refused_not_rounded() {
+        for ok in [
+            &br#"18446744073709551615"#[..],
+            br#"-9223372036854775808"#,
+            br#"{"a": [1, -2, 3.5e300, 123456789012345678901234567890.5]}"#,
+            br#""123456789012345678901234567890""#,
+            br#"["x\"123456789012345678901234567890", 1e400]"#,
+            br#"1.8446744073709551616e19"#,
+        ] {
+            assert_eq!(
+                integer_beyond_64_bits(ok),
+                None,
+                "{}",
+                String::from_utf8_lossy(ok)
+            );
+        }
+        for (bad, at) in [
+            (&br#"18446744073709551616"#[..], 0),
+            (br#"-9223372036854775809"#, 0),
+            (br#"{"add": [1, 123456789012345678901234567890]}"#, 12),
+            (br#"["\\", 99999999999999999999999]"#, 7),
+        ] {
+            assert_eq!(
+                integer_beyond_64_bits(bad),
+                Some(at),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let err = from_json_body::<serde_json::Value>(br#"{"v": 123456789012345678901234567890}"#)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Malformed);
+        assert!(
+            err.message.contains("123456789012345678901234567890"),
+            "{}",
+            err.message
+        );
+        let v: serde_json::Value =
+            from_json_body(br#"[18446744073709551615, -9223372036854775808]"#).unwrap();
+        assert_eq!(v[0], u64::MAX);
+        assert_eq!(v[1], i64::MIN);
+    }
 
     #[test]
     fn counter_add_body() {

@@ -320,6 +320,30 @@ fn every_error_status() {
     expect(n.post("/v1/counter/100%", r#"{"add":1}"#), 400, "malformed");
     n.post("/v1/counter/100%25", r#"{"add":1}"#);
     assert_eq!(n.get("/v1/counter/100%25").json()["key"], "100%");
+    // An integer beyond 64 bits is refused, not stored rounded to a float;
+    // the ends of the 64-bit range are kept exactly.
+    let huge = "123456789012345678901234567890";
+    expect(n.put("/v1/register/r", huge), 400, "malformed");
+    expect(
+        n.post("/v1/set/s", &format!(r#"{{"add":[{huge}]}}"#)),
+        400,
+        "malformed",
+    );
+    let batch = format!(r#"{{"ops":[{{"type":"register","key":"r","op":{{"set":-{huge}}}}}]}}"#);
+    expect(n.post("/v1/batch", &batch), 400, "malformed");
+    assert_eq!(n.get("/v1/register/r").status, 404);
+    assert_eq!(
+        n.put(
+            "/v1/register/r",
+            "[18446744073709551615, -9223372036854775808]"
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        n.get("/v1/register/r").text(),
+        r#"{"key":"r","value":[18446744073709551615,-9223372036854775808]}"#
+    );
     let r = try_request(
         n.addr,
         "POST",
