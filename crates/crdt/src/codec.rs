@@ -36,19 +36,37 @@ fn type_name<T: ?Sized>() -> &'static str {
 
 /// Encode `value` with the current format version in front.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![FORMAT_VERSION];
+    // Room for a small row (a counter's state at one replica is about 20
+    // bytes), so that the common case allocates once.
+    let mut out = Vec::with_capacity(32);
+    out.push(FORMAT_VERSION);
     encode_into(value, &mut out)?;
     Ok(out)
 }
 
-/// Append the encoding of `value`, without a version byte, to `out`.
+/// Append the encoding of `value`, without a version byte, to `out`. On an
+/// error, `out` is left as it was.
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
-    let body = postcard::to_stdvec(value).map_err(|source| CodecError::Encode {
-        what: type_name::<T>(),
-        source,
-    })?;
-    out.extend_from_slice(&body);
-    Ok(())
+    let len = out.len();
+    postcard::to_extend(value, Append(out))
+        .map(|_| ())
+        .map_err(|source| {
+            out.truncate(len);
+            CodecError::Encode {
+                what: type_name::<T>(),
+                source,
+            }
+        })
+}
+
+/// postcard writes into any `Extend<u8>`; this one appends to a borrowed
+/// `Vec` in place, where `to_stdvec` built a second vector to copy from.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Append<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        self.0.extend(bytes);
+    }
 }
 
 /// Decode bytes written by [`encode`]. Any input, however malformed, gives a
@@ -99,5 +117,41 @@ mod tests {
             decode::<DotSet>(&long),
             Err(CodecError::TrailingBytes { .. })
         ));
+    }
+
+    #[test]
+    fn encode_into_appends_and_leaves_the_buffer_alone_on_error() {
+        let s = DotSet::single(Dot::new(ReplicaId(3), 9));
+        let mut out = vec![7, 7];
+        encode_into(&s, &mut out).unwrap();
+        assert_eq!(&out[..2], &[7, 7]);
+        assert_eq!(&out[2..], &encode(&s).unwrap()[1..]);
+        assert_eq!(decode_body::<DotSet>(&out[2..]).unwrap(), s);
+
+        // A sequence of unknown length is one thing postcard cannot write;
+        // this one gets a byte out first.
+        struct Unsized;
+        impl Serialize for Unsized {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeTuple;
+                let mut t = s.serialize_tuple(2)?;
+                t.serialize_element(&5u8)?;
+                t.serialize_element(&Seq)?;
+                t.end()
+            }
+        }
+        struct Seq;
+        impl Serialize for Seq {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                s.serialize_seq(None)?.end()
+            }
+        }
+        let before = out.clone();
+        assert!(matches!(
+            encode_into(&Unsized, &mut out),
+            Err(CodecError::Encode { .. })
+        ));
+        assert_eq!(out, before);
     }
 }

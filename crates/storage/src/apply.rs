@@ -83,7 +83,9 @@ impl Rows {
 const ROW_OVERHEAD: usize = 96;
 
 fn row_cost(key: &[u8], value: &Option<Vec<u8>>) -> usize {
-    key.len() + value.as_ref().map_or(0, Vec::len) + ROW_OVERHEAD
+    // The value's capacity, not its length: encoded rows start with room to
+    // spare (`dotkv_crdt::encode`), and the budget is memory.
+    key.len() + value.as_ref().map_or(0, Vec::capacity) + ROW_OVERHEAD
 }
 
 /// One generation of [`RowCache`]: object rows and set-element rows.
