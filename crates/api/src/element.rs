@@ -135,16 +135,27 @@ impl Element {
     ///   string (`"5"` is the string 5, `"\u0041"` is `A`);
     /// - else text that is a whole JSON number is that number (`5`, `-1.5e3`);
     /// - else it is the text itself as a string (`apple`, `"unclosed`).
-    pub fn parse_query(text: &str) -> Element {
+    ///
+    /// An integer outside the 64-bit range is `malformed`: as a number it
+    /// would be rounded to a float, and request bodies refuse it too.
+    pub fn parse_query(text: &str) -> Result<Element, ApiError> {
         if text.len() >= 2 && text.starts_with('"') && text.ends_with('"') {
             if let Ok(s) = serde_json::from_str::<String>(text) {
-                return Element::String(s);
+                return Ok(Element::String(s));
             }
         }
         if let Ok(n) = text.parse::<Number>() {
-            return Element::number(n);
+            if crate::request::integer_beyond_64_bits(text.as_bytes()).is_some() {
+                let shown: String = text.chars().take(40).collect();
+                return Err(ApiError::malformed(format!(
+                    "the element {shown}{} is an integer outside the 64-bit range, which a set \
+                     cannot hold as a number; quote it (\"{shown}…\") to mean the string",
+                    if shown.len() < text.len() { "…" } else { "" }
+                )));
+            }
+            return Ok(Element::number(n));
         }
-        Element::String(text.to_owned())
+        Ok(Element::String(text.to_owned()))
     }
 
     /// The shortest text that [`Element::parse_query`] reads back as this element:
@@ -155,7 +166,7 @@ impl Element {
         match self {
             Element::Number(n) => n.to_string(),
             Element::String(s) => {
-                if matches!(Element::parse_query(s), Element::String(ref back) if back == s) {
+                if matches!(Element::parse_query(s), Ok(Element::String(ref back)) if back == s) {
                     s.clone()
                 } else {
                     // A JSON string literal always reads back as itself.
@@ -313,7 +324,7 @@ mod tests {
         let parsed: Element = serde_json::from_str("-0.0").unwrap();
         assert_eq!(parsed.to_key_bytes(), b.to_key_bytes());
         assert_eq!(
-            Element::parse_query("-0.0").to_key_bytes(),
+            Element::parse_query("-0.0").unwrap().to_key_bytes(),
             b.to_key_bytes()
         );
     }
@@ -341,25 +352,67 @@ mod tests {
 
     #[test]
     fn parse_query_rules() {
-        assert_eq!(Element::parse_query("apple"), Element::from("apple"));
-        assert_eq!(Element::parse_query("5"), Element::from(5u64));
-        assert_eq!(Element::parse_query("-5"), Element::from(-5i64));
-        assert_eq!(Element::parse_query("2.5e1"), num("25.0"));
-        assert_eq!(Element::parse_query(r#""5""#), Element::from("5"));
-        assert_eq!(Element::parse_query(r#""a\"b""#), Element::from("a\"b"));
-        assert_eq!(Element::parse_query(r#""\u0041""#), Element::from("A"));
+        assert_eq!(
+            Element::parse_query("apple").unwrap(),
+            Element::from("apple")
+        );
+        assert_eq!(Element::parse_query("5").unwrap(), Element::from(5u64));
+        assert_eq!(Element::parse_query("-5").unwrap(), Element::from(-5i64));
+        assert_eq!(Element::parse_query("2.5e1").unwrap(), num("25.0"));
+        assert_eq!(Element::parse_query(r#""5""#).unwrap(), Element::from("5"));
+        assert_eq!(
+            Element::parse_query(r#""a\"b""#).unwrap(),
+            Element::from("a\"b")
+        );
+        assert_eq!(
+            Element::parse_query(r#""\u0041""#).unwrap(),
+            Element::from("A")
+        );
         // Not a whole JSON string literal or number: the raw text.
-        assert_eq!(Element::parse_query(r#""open"#), Element::from(r#""open"#));
-        assert_eq!(Element::parse_query(r#"""#), Element::from(r#"""#));
-        assert_eq!(Element::parse_query(r#""a" "#), Element::from(r#""a" "#));
-        assert_eq!(Element::parse_query(r#""a"x""#), Element::from(r#""a"x""#));
-        assert_eq!(Element::parse_query(" 5"), Element::from(" 5"));
-        assert_eq!(Element::parse_query("5 "), Element::from("5 "));
-        assert_eq!(Element::parse_query("05"), Element::from("05"));
-        assert_eq!(Element::parse_query("NaN"), Element::from("NaN"));
-        assert_eq!(Element::parse_query("1e400"), Element::from("1e400"));
-        assert_eq!(Element::parse_query(""), Element::from(""));
-        assert_eq!(Element::parse_query("true"), Element::from("true"));
+        assert_eq!(
+            Element::parse_query(r#""open"#).unwrap(),
+            Element::from(r#""open"#)
+        );
+        assert_eq!(Element::parse_query(r#"""#).unwrap(), Element::from(r#"""#));
+        assert_eq!(
+            Element::parse_query(r#""a" "#).unwrap(),
+            Element::from(r#""a" "#)
+        );
+        assert_eq!(
+            Element::parse_query(r#""a"x""#).unwrap(),
+            Element::from(r#""a"x""#)
+        );
+        assert_eq!(Element::parse_query(" 5").unwrap(), Element::from(" 5"));
+        assert_eq!(Element::parse_query("5 ").unwrap(), Element::from("5 "));
+        assert_eq!(Element::parse_query("05").unwrap(), Element::from("05"));
+        assert_eq!(Element::parse_query("NaN").unwrap(), Element::from("NaN"));
+        assert_eq!(
+            Element::parse_query("1e400").unwrap(),
+            Element::from("1e400")
+        );
+        assert_eq!(Element::parse_query("").unwrap(), Element::from(""));
+        assert_eq!(Element::parse_query("true").unwrap(), Element::from("true"));
+        // Integers: the 64-bit range, and nothing beyond it as a number.
+        assert_eq!(
+            Element::parse_query("18446744073709551615").unwrap(),
+            Element::from(u64::MAX)
+        );
+        assert_eq!(
+            Element::parse_query("-9223372036854775808").unwrap(),
+            Element::from(i64::MIN)
+        );
+        for big in [
+            "18446744073709551616",
+            "-9223372036854775809",
+            "123456789012345678901234567890",
+        ] {
+            let err = Element::parse_query(big).unwrap_err();
+            assert_eq!(err.code, crate::ErrorCode::Malformed, "{big}");
+            // As a string it is quoted, and reads back as that string.
+            let s = Element::from(big);
+            assert_eq!(s.to_query(), format!("\"{big}\""));
+            assert_eq!(Element::parse_query(&s.to_query()).unwrap(), s);
+        }
     }
 
     #[test]
@@ -394,7 +447,7 @@ mod tests {
 
         #[test]
         fn query_form_round_trips(e in any_element()) {
-            prop_assert_eq!(Element::parse_query(&e.to_query()), e);
+            prop_assert_eq!(Element::parse_query(&e.to_query()).unwrap(), e);
         }
 
         #[test]
@@ -415,8 +468,10 @@ mod tests {
 
         #[test]
         fn parse_query_never_panics(text in "\\PC{0,16}") {
-            let e = Element::parse_query(&text);
-            prop_assert_eq!(Element::parse_query(&e.to_query()), e);
+            // Only an integer beyond 64 bits is refused, and it needs more
+            // than 16 characters; any other text is an element.
+            let e = Element::parse_query(&text).unwrap();
+            prop_assert_eq!(Element::parse_query(&e.to_query()).unwrap(), e);
         }
     }
 }

@@ -154,7 +154,7 @@ pub fn from_json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 /// The byte offset of the first integer literal outside strings (no `.`, `e`
 /// or `E`) that fits neither `i64` nor `u64`, in a body that is valid JSON.
-fn integer_beyond_64_bits(json: &[u8]) -> Option<usize> {
+pub(crate) fn integer_beyond_64_bits(json: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i < json.len() {
         match json[i] {

@@ -329,6 +329,12 @@ fn every_error_status() {
         400,
         "malformed",
     );
+    expect(
+        n.get(&format!("/v1/set/s?contains={huge}")),
+        400,
+        "malformed",
+    );
+    expect(n.get(&format!("/v1/set/s?after=-{huge}")), 400, "malformed");
     let batch = format!(r#"{{"ops":[{{"type":"register","key":"r","op":{{"set":-{huge}}}}}]}}"#);
     expect(n.post("/v1/batch", &batch), 400, "malformed");
     assert_eq!(n.get("/v1/register/r").status, 404);

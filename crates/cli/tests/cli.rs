@@ -264,8 +264,30 @@ async fn dead_server_exits_1() {
 async fn usage_errors_exit_2_without_a_request() {
     let server = answering(json!({})).await;
     let url = server.url();
-    let cases: [(&[&str], &str, &str); 7] = [
+    let huge = "123456789012345678901234567890";
+    let cases: [(&[&str], &str, &str); 11] = [
         (&["counter", "add", "k"], "", "required"),
+        // Integers beyond 64 bits: refused, not sent as a rounded float.
+        (
+            &["register", "put", "k", huge],
+            "",
+            "outside the 64-bit range",
+        ),
+        (
+            &["mvregister", "put", "k", "-"],
+            "[1, -123456789012345678901234567890]",
+            "outside the 64-bit range",
+        ),
+        (
+            &["set", "add", "k", "a", huge],
+            "",
+            "outside the 64-bit range",
+        ),
+        (
+            &["set", "contains", "k", huge],
+            "",
+            "outside the 64-bit range",
+        ),
         (&["delete", "map", "k"], "", "unknown type `map`"),
         (&["register", "put", "k", "not json"], "", "not valid JSON"),
         (

@@ -1039,7 +1039,7 @@ async fn object(
         (CrdtType::Set, Method::GET) => {
             let q: SetQuery = query(uri)?;
             if let Some(x) = q.contains {
-                let e = Element::parse_query(&x);
+                let e = Element::parse_query(&x).map_err(HttpError)?;
                 let contains = node.store.set_elem(&key, &e.to_key_bytes())?.is_some();
                 let token = node.read_token().await;
                 return Ok(reply(StatusCode::OK, &SetContains { key, contains }, token));
@@ -1048,7 +1048,9 @@ async fn object(
             let after = q
                 .after
                 .as_deref()
-                .map(|a| Element::parse_query(a).to_key_bytes());
+                .map(|a| Element::parse_query(a).map(|e| e.to_key_bytes()))
+                .transpose()
+                .map_err(HttpError)?;
             let (page, more) = node.store.set_page(&key, after.as_deref(), limit)?;
             let token = node.read_token().await;
             let elements: Vec<Element> = page

@@ -303,11 +303,17 @@ pub fn json_arg(arg: &str) -> Result<Value, CliError> {
     } else {
         arg.to_owned()
     };
-    serde_json::from_str(&text).map_err(|e| {
+    let value = serde_json::from_str(&text).map_err(|e| {
         CliError::Usage(format!(
             "the value is not valid JSON ({e}); to store a string, quote it, e.g. '\"text\"'"
         ))
-    })
+    })?;
+    // The node refuses an integer beyond 64 bits (serde_json would have read
+    // it as a rounded float); so does the API's body parser here, before any
+    // request.
+    dotkv_api::from_json_body::<serde::de::IgnoredAny>(text.as_bytes())
+        .map_err(|e| CliError::Usage(e.message))?;
+    Ok(value)
 }
 
 /// The contents of a file, or of stdin for `-`.

@@ -55,7 +55,7 @@ pub async fn run(command: SetCommand, ctx: &Ctx) -> Result<(), CliError> {
         }
         SetCommand::Add { key, elements } => {
             let update = SetUpdate {
-                add: parse_elements(&elements),
+                add: parse_elements(&elements)?,
                 remove: Vec::new(),
             };
             let answer = ctx.client.set_update(&key, &update, &ctx.write).await?;
@@ -64,13 +64,13 @@ pub async fn run(command: SetCommand, ctx: &Ctx) -> Result<(), CliError> {
         SetCommand::Remove { key, elements } => {
             let update = SetUpdate {
                 add: Vec::new(),
-                remove: parse_elements(&elements),
+                remove: parse_elements(&elements)?,
             };
             let answer = ctx.client.set_update(&key, &update, &ctx.write).await?;
             ctx.emit(&answer, |v| format!("set/{} ok", v.key));
         }
         SetCommand::Contains { key, element } => {
-            let element = Element::parse_query(&element);
+            let element = parse_element(&element)?;
             let answer = ctx.client.set_contains(&key, &element, &ctx.read).await?;
             ctx.emit(&answer, |v| {
                 format!("set/{} contains {element}: {}", v.key, v.contains)
@@ -80,6 +80,12 @@ pub async fn run(command: SetCommand, ctx: &Ctx) -> Result<(), CliError> {
     Ok(())
 }
 
-fn parse_elements(args: &[String]) -> Vec<Element> {
-    args.iter().map(|a| Element::parse_query(a)).collect()
+fn parse_elements(args: &[String]) -> Result<Vec<Element>, CliError> {
+    args.iter().map(|a| parse_element(a)).collect()
+}
+
+/// An element argument; an integer beyond 64 bits is a usage error, before
+/// any request.
+fn parse_element(arg: &str) -> Result<Element, CliError> {
+    Element::parse_query(arg).map_err(|e| CliError::Usage(e.message))
 }
