@@ -146,11 +146,13 @@ impl Element {
         }
         if let Ok(n) = text.parse::<Number>() {
             if crate::request::integer_beyond_64_bits(text.as_bytes()).is_some() {
-                let shown: String = text.chars().take(40).collect();
+                let mut shown: String = text.chars().take(40).collect();
+                if shown.len() < text.len() {
+                    shown.push('…');
+                }
                 return Err(ApiError::malformed(format!(
-                    "the element {shown}{} is an integer outside the 64-bit range, which a set \
-                     cannot hold as a number; quote it (\"{shown}…\") to mean the string",
-                    if shown.len() < text.len() { "…" } else { "" }
+                    "the element {shown} is an integer outside the 64-bit range, which a set \
+                     cannot hold as a number; quote it (\"{shown}\") to mean the string"
                 )));
             }
             return Ok(Element::number(n));
@@ -408,6 +410,11 @@ mod tests {
         ] {
             let err = Element::parse_query(big).unwrap_err();
             assert_eq!(err.code, crate::ErrorCode::Malformed, "{big}");
+            assert!(
+                err.message.contains(&format!("(\"{big}\")")),
+                "{}",
+                err.message
+            );
             // As a string it is quoted, and reads back as that string.
             let s = Element::from(big);
             assert_eq!(s.to_query(), format!("\"{big}\""));
