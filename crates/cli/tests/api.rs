@@ -320,6 +320,21 @@ fn every_error_status() {
     expect(n.post("/v1/counter/100%", r#"{"add":1}"#), 400, "malformed");
     n.post("/v1/counter/100%25", r#"{"add":1}"#);
     assert_eq!(n.get("/v1/counter/100%25").json()["key"], "100%");
+    // The same in query strings, where the form decoder would otherwise
+    // keep the '%' or turn bytes that are not UTF-8 into U+FFFD.
+    for path in [
+        "/v1/counter?prefix=%FF",
+        "/v1/counter?prefix=%E2",
+        "/v1/counter?prefix=100%",
+        "/v1/set/s?contains=%E2%9C",
+        "/v1/set/s?after=%zz",
+    ] {
+        expect(n.get(path), 400, "malformed");
+    }
+    assert_eq!(
+        n.get("/v1/counter?prefix=100%25").json()["keys"],
+        json!(["100%"])
+    );
     // An integer beyond 64 bits is refused, not stored rounded to a float;
     // the ends of the 64-bit range are kept exactly.
     let huge = "123456789012345678901234567890";
@@ -436,6 +451,20 @@ fn every_error_status() {
         413,
         "too_large",
     );
+    // A body declared over the limit is refused from its Content-Length at
+    // once, on an object route and a router route alike, without waiting for
+    // a body the client may never send (that wait would last the request
+    // timeout, two minutes).
+    for path in ["/v1/register/r", "/v1/batch"] {
+        let started = std::time::Instant::now();
+        let r = declared_but_unsent(n.addr, path, 1 << 30);
+        expect(r, 413, "too_large");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{path}: answered after {:?}",
+            started.elapsed()
+        );
+    }
     // 415: wrong content type.
     let r = request(
         n.addr,
@@ -539,6 +568,39 @@ fn tokens_give_read_your_writes() {
     }
 }
 
+/// Sends only the head of a JSON `POST` that declares `length` body bytes
+/// and reads the answer, which must come without the body.
+fn declared_but_unsent(addr: std::net::SocketAddr, path: &str, length: u64) -> common::Resp {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+         content-length: {length}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer is complete once the node closes, or once its declared
+    // length has arrived (hyper may keep the connection open).
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("{path}: no answer without the body: {e}"),
+        }
+        if let Ok(r) = common::parse_response(&raw) {
+            let length = r.header("content-length").and_then(|v| v.parse().ok());
+            if length == Some(r.body.len()) {
+                return r;
+            }
+        }
+    }
+    common::parse_response(&raw).unwrap()
+}
+
 #[test]
 fn auth_and_overload() {
     let n = TestNode::start_with("[auth]\ntokens = [\"s3cret\", \"other\"]\n");
@@ -560,6 +622,23 @@ fn auth_and_overload() {
         None,
     );
     assert_eq!(r.status, 200);
+    // The scheme is case-insensitive; another scheme is no bearer token.
+    for (value, status) in [
+        ("bearer s3cret", 200),
+        ("BEARER  s3cret ", 200),
+        ("Basic czNjcmV0", 401),
+        ("Bearer", 401),
+        ("s3cret", 401),
+    ] {
+        let r = request(
+            n.addr,
+            "GET",
+            "/v1/counter/c",
+            &[("authorization", value)],
+            None,
+        );
+        assert_eq!(r.status, status, "Authorization: {value}: {}", r.text());
+    }
     let r = request(
         n.addr,
         "POST",

@@ -289,6 +289,26 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// case-insensitive (RFC 9110, section 11.1); spaces around the token are
+/// not part of it.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The body length a request declares in `Content-Length`, if it declares
+/// one that parses (hyper has already refused one that does not).
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Around every request of the router: see [`guarded`].
 async fn around(State(node): State<Shared>, req: Request, next: Next) -> Response {
     guarded(&node, req, |req| next.run(req)).await
@@ -335,8 +355,7 @@ where
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
+                .and_then(bearer_token);
             let ok = given.is_some_and(|g| {
                 node.config
                     .auth
@@ -352,6 +371,15 @@ where
                 };
                 return HttpError(ApiError::unauthorized(msg)).into_response();
             }
+        }
+        // A body declared longer than the limit is refused before it is
+        // read: waiting for it would hold a slot until the request timeout.
+        let limit = node.config.limits.max_body_bytes;
+        if let Some(declared) = declared_length(req.headers()).filter(|&n| n > limit as u64) {
+            return HttpError(ApiError::too_large(format!(
+                "request body of {declared} bytes (Content-Length) exceeds the limit of {limit} bytes"
+            )))
+            .into_response();
         }
         match tokio::time::timeout(timeout, run(req)).await {
             Ok(resp) => resp,
@@ -665,6 +693,24 @@ fn query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> Result<T> {
 }
 
 fn serde_urlencoded_from_str<T: serde::de::DeserializeOwned>(q: &str) -> Result<T> {
+    // The form decoder would keep a stray `%` as it is and replace bytes
+    // that are not UTF-8 with U+FFFD, so `prefix=` or `contains=` would
+    // silently name something else. Refuse both, as in paths. `&` and `=`
+    // are ASCII, so the whole query is UTF-8 when every part of it is.
+    match percent_decode(q) {
+        Ok(_) => {}
+        Err(PercentError::Escape(at)) => {
+            return Err(HttpError(ApiError::malformed(format!(
+                "the query string has a '%' at byte {at} without two hex digits after it; \
+                 send '%' as %25"
+            ))))
+        }
+        Err(PercentError::Utf8) => {
+            return Err(HttpError(ApiError::malformed(
+                "the query string is not valid UTF-8 after percent-decoding",
+            )))
+        }
+    }
     axum::extract::Query::<T>::try_from_uri(
         &format!("/?{q}")
             .parse::<Uri>()
@@ -1216,6 +1262,32 @@ mod tests {
         // from_str_radix would take a sign: "+1" is not two hex digits.
         assert_eq!(percent_decode("x%+1"), Err(PercentError::Escape(1)));
         assert_eq!(percent_decode("%FF"), Err(PercentError::Utf8));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_other_schemes_are_not_bearer() {
+        assert_eq!(bearer_token("Bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("BEARER   s3cret  "), Some("s3cret"));
+        assert_eq!(bearer_token("Bearer "), Some(""));
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Basic czNjcmV0"), None);
+        assert_eq!(bearer_token("Bearers s3cret"), None);
+        assert_eq!(bearer_token("s3cret"), None);
+    }
+
+    #[test]
+    fn declared_lengths_parse_or_are_none() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static(v));
+            declared_length(&h)
+        };
+        assert_eq!(with("42"), Some(42));
+        assert_eq!(with("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(with("18446744073709551616"), None);
+        assert_eq!(with("-1"), None);
+        assert_eq!(declared_length(&HeaderMap::new()), None);
     }
 
     #[test]

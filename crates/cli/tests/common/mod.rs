@@ -242,7 +242,7 @@ pub fn try_request(
     parse_response(&raw)
 }
 
-fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
+pub fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let end = raw
         .windows(4)
