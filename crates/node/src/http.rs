@@ -697,15 +697,16 @@ fn serde_urlencoded_from_str<T: serde::de::DeserializeOwned>(q: &str) -> Result<
     // that are not UTF-8 with U+FFFD, so `prefix=` or `contains=` would
     // silently name something else. Refuse both, as in paths. `&` and `=`
     // are ASCII, so the whole query is UTF-8 when every part of it is.
-    match percent_decode(q) {
-        Ok(_) => {}
-        Err(PercentError::Escape(at)) => {
+    // Without a '%' there is nothing to check: `q` is already a `str`.
+    match q.contains('%').then(|| percent_decode(q)) {
+        None | Some(Ok(_)) => {}
+        Some(Err(PercentError::Escape(at))) => {
             return Err(HttpError(ApiError::malformed(format!(
                 "the query string has a '%' at byte {at} without two hex digits after it; \
                  send '%' as %25"
             ))))
         }
-        Err(PercentError::Utf8) => {
+        Some(Err(PercentError::Utf8)) => {
             return Err(HttpError(ApiError::malformed(
                 "the query string is not valid UTF-8 after percent-decoding",
             )))
