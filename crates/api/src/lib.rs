@@ -21,7 +21,7 @@ pub use batch::{Batch, BatchOp, KeyedOp, OpBody, ValidOp};
 pub use crdt_type::CrdtType;
 pub use element::Element;
 pub use error::{ApiError, ErrorCode};
-pub use limits::{json_len, validate_key, Limits};
+pub use limits::{json_depth_exceeds, json_len, validate_key, Limits, MAX_VALUE_DEPTH};
 pub use quic::{QuicCodecError, QuicRequest, QuicResponse, QUIC_FORMAT_VERSION};
 pub use request::{
     from_json_body, CounterAdd, FlagUpdate, ListQuery, SetQuery, SetUpdate, WriteLevel, WriteQuery,

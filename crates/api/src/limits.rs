@@ -19,6 +19,12 @@ pub struct Limits {
     /// Largest register value (its compact JSON text) and largest set element
     /// (its [`Element::key_len`]), in bytes.
     pub max_value_bytes: usize,
+    /// Deepest nesting of arrays and objects in a register value (a scalar
+    /// is depth 0, `[1]` depth 1). Every value accepted can be sent back in
+    /// any answer or batch and read by a JSON parser with the usual nesting
+    /// limit of 128 (serde_json's), which the answer's own wrapping counts
+    /// against: hence at most [`MAX_VALUE_DEPTH`].
+    pub max_value_depth: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
     /// Most set elements in one op (`add` and `remove` together).
@@ -31,11 +37,18 @@ pub struct Limits {
     pub default_page_limit: usize,
 }
 
+/// The default and highest `max_value_depth`, as in MongoDB. A value is
+/// wrapped at most four levels deep in a request or an answer (a batch's
+/// `{"ops":[{"op":{"set": v}}]}`), and common JSON parsers stop at 128
+/// levels (serde_json's limit).
+pub const MAX_VALUE_DEPTH: usize = 100;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_key_bytes: 1024,
             max_value_bytes: 1024 * 1024,
+            max_value_depth: MAX_VALUE_DEPTH,
             max_body_bytes: 4 * 1024 * 1024,
             max_elements_per_op: 10_000,
             max_batch_ops: 1_000,
@@ -58,9 +71,22 @@ impl Limits {
     }
 
     /// Checks a register or mvregister value against `max_value_bytes`
-    /// (measured as compact JSON): `too_large` if over.
+    /// (measured as compact JSON) and `max_value_depth`: `too_large` if over.
     pub fn validate_value(&self, value: &Value) -> Result<(), ApiError> {
+        self.validate_value_depth(value)?;
         self.validate_value_len(json_len(value))
+    }
+
+    /// Checks a register or mvregister value's nesting against
+    /// `max_value_depth`: `too_large` if deeper.
+    pub fn validate_value_depth(&self, value: &Value) -> Result<(), ApiError> {
+        if json_depth_exceeds(value, self.max_value_depth) {
+            return Err(ApiError::too_large(format!(
+                "value nests arrays and objects more than {} levels deep",
+                self.max_value_depth
+            )));
+        }
+        Ok(())
     }
 
     /// Checks the length of a value's compact JSON text against
@@ -119,6 +145,17 @@ pub fn validate_key(key: &str, limits: &Limits) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Whether `value` nests arrays and objects more than `max` levels deep.
+/// The recursion goes at most `max + 1` calls deep, whatever the value.
+pub fn json_depth_exceeds(value: &Value, max: usize) -> bool {
+    let deeper = |c: &Value| json_depth_exceeds(c, max - 1);
+    match value {
+        Value::Array(a) => max == 0 || a.iter().any(deeper),
+        Value::Object(o) => max == 0 || o.values().any(deeper),
+        _ => false,
+    }
+}
+
 /// The length of a value's compact JSON text, counted without building it.
 pub fn json_len(value: &Value) -> usize {
     struct Counter(usize);
@@ -149,6 +186,7 @@ mod tests {
         assert_eq!(l.max_key_bytes, 1024);
         assert_eq!(l.max_value_bytes, 1 << 20);
         assert_eq!(l.max_body_bytes, 4 << 20);
+        assert_eq!(l.max_value_depth, 100);
         assert_eq!(l.max_elements_per_op, 10_000);
         assert_eq!(l.max_batch_ops, 1_000);
         assert_eq!(l.max_page_limit, 10_000);
@@ -192,6 +230,40 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(odd.page_limit(None).unwrap(), 10);
+    }
+
+    /// `n` arrays, one inside the other, around `inner`.
+    fn nested(n: usize, inner: &str) -> Value {
+        serde_json::from_str(&format!("{}{inner}{}", "[".repeat(n), "]".repeat(n))).unwrap()
+    }
+
+    #[test]
+    fn value_depth() {
+        let l = Limits::default();
+        assert!(!json_depth_exceeds(&json!(5), 0));
+        assert!(json_depth_exceeds(&json!([]), 0));
+        assert!(!json_depth_exceeds(&json!([]), 1));
+        assert!(!json_depth_exceeds(&json!({"a": [1, {"b": 2}]}), 3));
+        assert!(json_depth_exceeds(&json!({"a": [1, {"b": {}}]}), 3));
+        // The deepest branch counts, wherever it is.
+        assert!(json_depth_exceeds(&json!([1, 2, [3, [4]], 5]), 2));
+        assert!(l.validate_value(&nested(100, "1")).is_ok());
+        let err = l.validate_value(&nested(101, "1")).unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        assert!(err.message.contains("100 levels"), "{}", err.message);
+        // Every accepted value still parses inside the deepest wrapping an
+        // answer or a batch gives it.
+        let wrapped = format!(
+            r#"{{"ops":[{{"type":"register","key":"k","op":{{"set":{}}}}}]}}"#,
+            nested(MAX_VALUE_DEPTH, "{}")
+        );
+        assert!(serde_json::from_str::<Value>(&wrapped).is_ok());
+        let lower = Limits {
+            max_value_depth: 2,
+            ..Limits::default()
+        };
+        assert!(lower.validate_value(&json!({"a": [1]})).is_ok());
+        assert!(lower.validate_value(&json!({"a": [[1]]})).is_err());
     }
 
     #[test]

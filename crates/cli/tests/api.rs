@@ -223,6 +223,88 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// `n` arrays, one inside the other, around `1`.
+fn nested(n: usize) -> String {
+    format!("{}1{}", "[".repeat(n), "]".repeat(n))
+}
+
+/// The nesting of arrays in a value made by [`nested`].
+fn depth_of(mut v: &serde_json::Value) -> usize {
+    let mut n = 0;
+    while let Some(inner) = v.as_array().and_then(|a| a.first()) {
+        v = inner;
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn values_nest_at_most_max_value_depth_so_every_answer_parses() {
+    let n = TestNode::start();
+    // The deepest value accepted comes back in answers that serde_json, with
+    // its limit of 128 levels, still reads (`json()` parses with it), through
+    // the single-key routes, a batch, and the CLI.
+    for t in ["register", "mvregister"] {
+        let r = n.put(&format!("/v1/{t}/deep"), &nested(100));
+        assert_eq!(r.status, 200, "{t}: {}", r.text());
+    }
+    assert_eq!(depth_of(&n.get("/v1/register/deep").json()["value"]), 100);
+    assert_eq!(
+        depth_of(&n.get("/v1/mvregister/deep").json()["values"][0]),
+        100
+    );
+    let batch = |depth: usize| {
+        format!(
+            r#"{{"ops":[{{"type":"mvregister","key":"b","op":{{"set":{}}}}}]}}"#,
+            nested(depth)
+        )
+    };
+    let r = n.post("/v1/batch", &batch(100));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        depth_of(&n.get("/v1/mvregister/b").json()["values"][0]),
+        100
+    );
+    let url = format!("http://{}", n.addr);
+    for t in ["register", "mvregister"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dotkv"))
+            .args(["--url", &url, "--json", t, "get", "deep"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dotkv {t} get: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // One level more is refused, whichever way it comes, and nothing is
+    // written; past what JSON parsers read at all, the body is malformed.
+    for r in [
+        n.put("/v1/register/deeper", &nested(101)),
+        n.put("/v1/mvregister/deeper", &nested(101)),
+        n.post("/v1/batch", &batch(101)),
+    ] {
+        common::assert_error(&r, 413, "too_large", "100 levels");
+    }
+    assert_eq!(n.get("/v1/register/deeper").status, 404);
+    assert_eq!(n.get("/v1/mvregister/deeper").json()["values"], json!([]));
+    common::assert_error(
+        &n.put("/v1/register/deeper", &nested(200)),
+        400,
+        "malformed",
+        "recursion limit",
+    );
+    // A lower limit from the config applies.
+    let low = TestNode::start_with("[limits]\nmax_value_depth = 2\n");
+    assert_eq!(low.put("/v1/register/r", r#"{"a":[1]}"#).status, 200);
+    common::assert_error(
+        &low.put("/v1/register/r", r#"{"a":[[1]]}"#),
+        413,
+        "too_large",
+        "2 levels",
+    );
+}
+
 #[test]
 fn batches_are_atomic() {
     let n = TestNode::start();

@@ -316,6 +316,12 @@ impl Config {
         if l.max_body_bytes == 0 || l.max_value_bytes == 0 {
             return Err("limits.max_body_bytes and limits.max_value_bytes must be positive".into());
         }
+        if l.max_value_depth == 0 || l.max_value_depth > dotkv_api::MAX_VALUE_DEPTH {
+            return Err(format!(
+                "limits.max_value_depth must be between 1 and {}",
+                dotkv_api::MAX_VALUE_DEPTH
+            ));
+        }
         if self.http.max_connections == 0 || self.http.header_timeout_ms == 0 {
             return Err("http.max_connections and http.header_timeout_ms must be positive".into());
         }
@@ -498,6 +504,20 @@ mod tests {
         ] {
             let e = load(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn value_depth_is_bounded() {
+        let depth = |v: &str| {
+            let env = vec![("DOTKV_LIMITS_MAX_VALUE_DEPTH".to_string(), v.to_string())];
+            Config::load_with_env(None, env)
+        };
+        assert_eq!(depth("1").unwrap().limits.max_value_depth, 1);
+        assert_eq!(depth("100").unwrap().limits.max_value_depth, 100);
+        for bad in ["0", "101"] {
+            let e = depth(bad).unwrap_err().to_string();
+            assert!(e.contains("max_value_depth"), "{e}");
         }
     }
 

@@ -1054,6 +1054,7 @@ async fn object(
         (CrdtType::Register | CrdtType::MvRegister, Method::PUT) => {
             let body = body?;
             let value: serde_json::Value = parse_body(headers, &body)?;
+            node.config.limits.validate_value_depth(&value)?;
             let json = value.to_string();
             node.config.limits.validate_value_len(json.len())?;
             let op = if t == CrdtType::Register {
