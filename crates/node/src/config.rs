@@ -204,8 +204,8 @@ pub struct StorageSection {
     pub write_queue: usize,
     /// Most requests committed together (one WAL write, one fsync).
     pub max_commit_group: usize,
-    /// Memory for the writer's cache of recently committed rows, in MiB
-    /// (0: off).
+    /// Memory for the writer's cache of the rows it committed or read
+    /// last, in MiB (0: off).
     pub row_cache_mb: usize,
     /// Under `durability = "wal"`, let the request's own runtime thread
     /// commit local writes (flat combining) instead of handing every one to

@@ -106,13 +106,14 @@ impl RowGen {
     }
 }
 
-/// The rows the writer committed most recently (`None`: deleted), so that a
-/// read-modify-write of a hot row does not search RocksDB's memtable for the
-/// value the writer itself wrote a moment ago.
+/// The rows the writer committed or read most recently (`None`: deleted or
+/// absent), so that a read-modify-write of a hot row does not search
+/// RocksDB's memtable for the value the writer itself wrote a moment ago.
 ///
 /// Exact, not a hint: only the writer changes object and set-element rows,
 /// and it fills the cache only after a commit succeeded (and empties it when
-/// one fails). Bounded by bytes with two generations: rows go into the young
+/// one fails). A row it read from the database is the committed one, since
+/// every commit before the read had been applied. Bounded by bytes with two generations: rows go into the young
 /// one; when it passes half the budget it becomes the old one and the
 /// previous old one is dropped. A lookup tries young, then old.
 pub(crate) struct RowCache {
@@ -138,6 +139,11 @@ impl RowCache {
             .map(cf)?
             .get(key)
             .or_else(|| self.old.map(cf).and_then(|m| m.get(key)))
+    }
+
+    /// Whether the cache takes in rows of column family `cf`.
+    fn holds(&self, cf: &str) -> bool {
+        self.budget > 0 && (cf == CF_OBJECTS || cf == CF_SET_ELEMS)
     }
 
     /// Take in the rows of a group that has just been committed.
@@ -201,6 +207,11 @@ pub(crate) struct Overlay<'s> {
     cache: &'s RowCache,
     group: Rows,
     staged: Rows,
+    /// Rows of the cached column families that this group read from the
+    /// database, as committed: the row cache takes them in with the group's
+    /// writes, so a row that is read on every write but rarely written (a
+    /// set's marker row) is not searched for in the memtable every time.
+    read: std::cell::RefCell<Rows>,
 }
 
 impl<'s> Overlay<'s> {
@@ -210,6 +221,7 @@ impl<'s> Overlay<'s> {
             cache,
             group: Rows::default(),
             staged: Rows::default(),
+            read: std::cell::RefCell::default(),
         }
     }
 
@@ -228,11 +240,13 @@ impl<'s> Overlay<'s> {
         if let Some(v) = known {
             return Ok(v.as_deref().map(std::borrow::Cow::Borrowed));
         }
-        Ok(self
-            .store
-            .db()
-            .get_cf(self.store.cf(cf), key)?
-            .map(std::borrow::Cow::Owned))
+        let value = self.store.db().get_cf(self.store.cf(cf), key)?;
+        if self.cache.holds(cf) {
+            self.read
+                .borrow_mut()
+                .insert(cf, key.to_vec(), value.clone());
+        }
+        Ok(value.map(std::borrow::Cow::Owned))
     }
 
     fn get_decoded<T: serde::de::DeserializeOwned>(
@@ -318,9 +332,10 @@ impl<'s> Overlay<'s> {
         self.staged.clear();
     }
 
-    /// Copy the group's writes into a write batch; returns them, for the
-    /// row cache once the batch is committed.
-    pub(crate) fn into_batch(self, batch: &mut WriteBatch) -> Rows {
+    /// Copy the group's writes into a write batch; returns the rows it read
+    /// from the database overlaid with the ones it wrote: what they hold once
+    /// the batch is committed, for the row cache.
+    pub(crate) fn into_batch(mut self, batch: &mut WriteBatch) -> Rows {
         debug_assert!(self.staged.is_empty());
         for (cf, k, v) in self.group.iter() {
             let handle = self.store.cf(cf);
@@ -329,7 +344,9 @@ impl<'s> Overlay<'s> {
                 None => batch.delete_cf(handle, k),
             }
         }
-        self.group
+        let mut rows = self.read.take();
+        rows.take_all(&mut self.group);
+        rows
     }
 }
 
@@ -767,6 +784,51 @@ mod tests {
         other.insert(CF_DELTAS, b"d".to_vec(), Some(vec![1]));
         cache.absorb(other);
         assert_eq!(cache.get(CF_DELTAS, b"d"), None);
+    }
+
+    /// A group's reads from the database reach the row cache with its
+    /// writes, the writes over the reads, so the next group reads neither
+    /// from RocksDB again.
+    #[test]
+    fn rows_a_group_reads_are_cached_under_what_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &crate::db::StoreOptions::default()).unwrap();
+        store
+            .db()
+            .put_cf(store.cf(CF_OBJECTS), b"present", [9])
+            .unwrap();
+        let mut cache = RowCache::new(1 << 20);
+        let mut batch = WriteBatch::default();
+        let rows = {
+            let mut ov = Overlay::new(&store, &cache);
+            assert_eq!(
+                ov.get(CF_OBJECTS, b"present").unwrap().as_deref(),
+                Some(&[9][..])
+            );
+            assert!(ov.get(CF_OBJECTS, b"absent").unwrap().is_none());
+            // Read absent, then written by the group.
+            assert!(ov.get(CF_SET_ELEMS, b"written").unwrap().is_none());
+            ov.put(CF_SET_ELEMS, b"written".to_vec(), vec![1]);
+            ov.accept_staged();
+            // Not a cached column family: not kept.
+            assert!(ov.get(CF_DELTAS, b"delta").unwrap().is_none());
+            ov.into_batch(&mut batch)
+        };
+        store.db().write(batch).unwrap();
+        cache.absorb(rows);
+        assert_eq!(cache.get(CF_OBJECTS, b"present"), Some(&Some(vec![9])));
+        assert_eq!(cache.get(CF_OBJECTS, b"absent"), Some(&None));
+        assert_eq!(cache.get(CF_SET_ELEMS, b"written"), Some(&Some(vec![1])));
+        assert_eq!(cache.get(CF_DELTAS, b"delta"), None);
+        let ov = Overlay::new(&store, &cache);
+        assert!(ov.get(CF_OBJECTS, b"absent").unwrap().is_none());
+        assert!(ov.get(CF_SET_ELEMS, b"written").unwrap().is_some());
+        assert!(ov.read.borrow().is_empty(), "the second group read RocksDB");
+        // Without a budget nothing is collected.
+        let off = RowCache::new(0);
+        let ov = Overlay::new(&store, &off);
+        assert!(ov.get(CF_OBJECTS, b"present").unwrap().is_some());
+        assert!(ov.read.borrow().is_empty());
     }
 
     #[test]
