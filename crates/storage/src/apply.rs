@@ -113,9 +113,10 @@ impl RowGen {
 /// Exact, not a hint: only the writer changes object and set-element rows,
 /// and it fills the cache only after a commit succeeded (and empties it when
 /// one fails). A row it read from the database is the committed one, since
-/// every commit before the read had been applied. Bounded by bytes with two generations: rows go into the young
-/// one; when it passes half the budget it becomes the old one and the
-/// previous old one is dropped. A lookup tries young, then old.
+/// every commit before the read had been applied. Bounded by bytes with two
+/// generations: rows go into the young one; when it passes half the budget
+/// it becomes the old one and the previous old one is dropped. A lookup
+/// tries young, then old.
 pub(crate) struct RowCache {
     budget: usize,
     young: RowGen,
