@@ -142,9 +142,14 @@ impl RowCache {
             .or_else(|| self.old.map(cf).and_then(|m| m.get(key)))
     }
 
-    /// Whether the cache takes in rows of column family `cf`.
-    fn holds(&self, cf: &str) -> bool {
-        self.budget > 0 && (cf == CF_OBJECTS || cf == CF_SET_ELEMS)
+    /// Whether the cache takes in the rows of column family `cf` that a
+    /// group read. Only object rows: a set element a group reads it also
+    /// writes or deletes (an add or a remove), except for the remove of an
+    /// element that is not there, so recording the read would be work done
+    /// twice. An object row may be read on every write and written rarely
+    /// (a set's marker row).
+    fn keeps_reads_of(&self, cf: &str) -> bool {
+        self.budget > 0 && cf == CF_OBJECTS
     }
 
     /// Take in the rows of a group that has just been committed.
@@ -208,10 +213,10 @@ pub(crate) struct Overlay<'s> {
     cache: &'s RowCache,
     group: Rows,
     staged: Rows,
-    /// Rows of the cached column families that this group read from the
-    /// database, as committed: the row cache takes them in with the group's
-    /// writes, so a row that is read on every write but rarely written (a
-    /// set's marker row) is not searched for in the memtable every time.
+    /// Object rows this group read from the database, as committed: the
+    /// row cache takes them in with the group's writes, so a row that is
+    /// read on every write but rarely written (a set's marker row) is not
+    /// searched for in the memtable every time.
     read: std::cell::RefCell<Rows>,
 }
 
@@ -242,7 +247,7 @@ impl<'s> Overlay<'s> {
             return Ok(v.as_deref().map(std::borrow::Cow::Borrowed));
         }
         let value = self.store.db().get_cf(self.store.cf(cf), key)?;
-        if self.cache.holds(cf) {
+        if self.cache.keeps_reads_of(cf) {
             self.read
                 .borrow_mut()
                 .insert(cf, key.to_vec(), value.clone());
@@ -787,9 +792,9 @@ mod tests {
         assert_eq!(cache.get(CF_DELTAS, b"d"), None);
     }
 
-    /// A group's reads from the database reach the row cache with its
-    /// writes, the writes over the reads, so the next group reads neither
-    /// from RocksDB again.
+    /// A group's reads of object rows reach the row cache with its writes,
+    /// the writes over the reads, so the next group reads neither from
+    /// RocksDB again; set elements are cached only as written.
     #[test]
     fn rows_a_group_reads_are_cached_under_what_it_writes() {
         let dir = tempfile::tempdir().unwrap();
@@ -811,6 +816,8 @@ mod tests {
             assert!(ov.get(CF_SET_ELEMS, b"written").unwrap().is_none());
             ov.put(CF_SET_ELEMS, b"written".to_vec(), vec![1]);
             ov.accept_staged();
+            // A set element read but not written: not kept.
+            assert!(ov.get(CF_SET_ELEMS, b"unwritten").unwrap().is_none());
             // Not a cached column family: not kept.
             assert!(ov.get(CF_DELTAS, b"delta").unwrap().is_none());
             ov.into_batch(&mut batch)
@@ -821,6 +828,7 @@ mod tests {
         assert_eq!(cache.get(CF_OBJECTS, b"absent"), Some(&None));
         assert_eq!(cache.get(CF_SET_ELEMS, b"written"), Some(&Some(vec![1])));
         assert_eq!(cache.get(CF_DELTAS, b"delta"), None);
+        assert_eq!(cache.get(CF_SET_ELEMS, b"unwritten"), None);
         let ov = Overlay::new(&store, &cache);
         assert!(ov.get(CF_OBJECTS, b"absent").unwrap().is_none());
         assert!(ov.get(CF_SET_ELEMS, b"written").unwrap().is_some());
