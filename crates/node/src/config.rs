@@ -178,6 +178,11 @@ pub struct HttpSection {
     /// idle time before them included, in milliseconds. HTTP/2 connections
     /// are pinged at this interval.
     pub header_timeout_ms: u64,
+    /// Serve plain HTTP/1.1 requests (a `Content-Length` body of at most
+    /// 64 KiB, no `Expect` or `Upgrade`) with the node's own HTTP/1 loop,
+    /// handing a connection to hyper at its first other request (see
+    /// [`crate::h1`]); `false` has hyper serve every connection.
+    pub direct_http1: bool,
 }
 
 impl Default for HttpSection {
@@ -190,6 +195,7 @@ impl Default for HttpSection {
             shutdown_grace_ms: 10_000,
             max_connections: 4096,
             header_timeout_ms: 30_000,
+            direct_http1: true,
         }
     }
 }

@@ -265,6 +265,8 @@ pub async fn serve(
     let limits = ConnectionLimits {
         max_connections: node.config.http.max_connections,
         header_timeout: Duration::from_millis(node.config.http.header_timeout_ms),
+        direct_http1: node.config.http.direct_http1,
+        max_body_bytes: node.config.limits.max_body_bytes,
     };
     let server = server::serve(
         listener,

@@ -1,5 +1,8 @@
-//! The HTTP listener: HTTP/1.1 and cleartext HTTP/2 connections served by
-//! hyper, with bounds on what a client can hold without sending requests.
+//! The HTTP listener: HTTP/1.1 and cleartext HTTP/2 connections, with bounds
+//! on what a client can hold without sending requests. A connection starts
+//! in the node's own HTTP/1 loop ([`crate::h1`]), which hands it to hyper at
+//! its first request that is not plain HTTP/1.1 (HTTP/2's preface included);
+//! with `http.direct_http1 = false` hyper serves every connection.
 //!
 //! - At most `max_connections` are open at once. One more is answered with
 //!   503 `not_ready` and closed, so a flood of idle connections cannot take
@@ -20,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::h1;
 use crate::http::Api;
 use dotkv_api::{ApiError, ErrorCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -60,6 +64,10 @@ impl Drop for Open {
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub header_timeout: Duration,
+    /// Start connections in [`h1`]'s loop rather than in hyper.
+    pub direct_http1: bool,
+    /// `limits.max_body_bytes`: a longer body is hyper's to refuse.
+    pub max_body_bytes: usize,
 }
 
 /// Serve `app` on `listener` until `shutdown` completes; then stop accepting,
@@ -123,7 +131,7 @@ pub async fn serve(
             }
             continue;
         };
-        let svc = TowerToHyperService::new(app.clone());
+        let api = app.clone();
         let builder = builder.clone();
         let mut stop = stop_rx.clone();
         stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -132,7 +140,32 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             let _open = open;
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            // Each answer is one write; no reason to hold its last segment
+            // back for an acknowledgement (pipelined answers would wait for
+            // the client's delayed ACK).
+            let _ = stream.set_nodelay(true);
+            let io = if limits.direct_http1 {
+                let served = h1::serve(
+                    stream,
+                    api.clone(),
+                    limits.header_timeout,
+                    limits.max_body_bytes,
+                    &mut stop,
+                )
+                .await;
+                match served {
+                    Ok(h1::End::HandOff(io)) => io,
+                    Ok(h1::End::Closed) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "HTTP connection ended with an error");
+                        return;
+                    }
+                }
+            } else {
+                h1::Rewind::fresh(stream)
+            };
+            let svc = TowerToHyperService::new(api);
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
             let mut conn = std::pin::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
