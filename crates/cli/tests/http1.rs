@@ -13,10 +13,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 fn node(direct: bool) -> TestNode {
+    node_with(&format!("direct_http1 = {direct}\n"))
+}
+
+/// A node with `http` options added to its config.
+fn node_with(http: &str) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
     let text = common::config_text(&dir.path().join("d"), "127.0.0.1:0", "")
-        .replace("[http]\n", &format!("[http]\ndirect_http1 = {direct}\n"));
+        .replace("[http]\n", &format!("[http]\n{http}"));
     std::fs::write(&config, text).unwrap();
     let (child, addr) = common::spawn(&config);
     TestNode {
@@ -213,5 +218,18 @@ fn cleartext_http2_shares_the_port() {
                 assert_eq!(v["value"].as_i64(), Some(want), "direct: {direct}");
             }
         });
+    }
+}
+
+/// The longest header timeout TOML can hold is served, not an overflow.
+#[test]
+fn the_longest_header_timeout_is_served() {
+    let n = node_with(&format!("header_timeout_ms = {}\n", i64::MAX));
+    let mut s = connect(n.addr);
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        s.write_all(ADD).unwrap();
+        let r = answer(&mut s, &mut pending, false);
+        assert_eq!(r.status, 200, "{}", r.text());
     }
 }

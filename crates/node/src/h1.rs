@@ -218,6 +218,9 @@ pub async fn serve(
     stop: &mut watch::Receiver<()>,
 ) -> io::Result<End> {
     let body_limit = max_body_bytes.min(MAX_BODY);
+    // A year is as good as never, and keeps the deadline arithmetic far
+    // from any overflow.
+    let header_timeout = header_timeout.min(Duration::from_secs(365 * 86_400));
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(512);
     let mut spans: [Span; MAX_HEADERS] = Default::default();
