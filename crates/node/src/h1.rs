@@ -643,6 +643,56 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever the bytes, finding a request neither panics nor names
+        /// bytes past the buffer.
+        #[test]
+        fn any_bytes_are_found_safely(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let mut spans: [Span; MAX_HEADERS] = Default::default();
+            if let Found::Plain(p) = find(&raw, MAX_BODY, &mut spans) {
+                proptest::prop_assert!(p.head_len + p.body_len <= raw.len());
+                proptest::prop_assert!(p.target.end <= p.head_len);
+                for s in &spans[..p.headers] {
+                    proptest::prop_assert!(s.name.end <= p.head_len && s.value.end <= p.head_len);
+                }
+            }
+        }
+
+        /// A plain request is found whole only once all of it has arrived,
+        /// whatever its headers and body, and with the same parts.
+        #[test]
+        fn requests_cut_anywhere_wait_for_the_rest(
+            method in proptest::sample::select(vec!["GET", "PUT", "POST", "DELETE", "HEAD"]),
+            path in "/[a-z0-9%/]{0,40}",
+            headers in proptest::collection::vec(("x-[a-z]{1,10}", "[ -~]{0,30}"), 0..8),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            close in proptest::bool::ANY,
+            cut in proptest::num::usize::ANY,
+        ) {
+            let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: h\r\n");
+            for (k, v) in &headers {
+                raw.push_str(&format!("{k}: {}\r\n", v.trim()));
+            }
+            if close {
+                raw.push_str("connection: close\r\n");
+            }
+            raw.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+            let mut raw = raw.into_bytes();
+            raw.extend_from_slice(&body);
+            let whole = plain(&raw);
+            proptest::prop_assert_eq!(whole.head_len + whole.body_len, raw.len());
+            proptest::prop_assert_eq!(&raw[whole.target.clone()], path.as_bytes());
+            proptest::prop_assert_eq!(whole.close, close);
+            proptest::prop_assert_eq!(whole.headers, headers.len() + 2 + usize::from(close));
+            let cut = cut % raw.len();
+            let found = found(&raw[..cut], MAX_BODY);
+            proptest::prop_assert!(
+                matches!(found, Found::Partial { head } if head == (cut >= whole.head_len)),
+                "cut at {} of {}", cut, raw.len()
+            );
+        }
+    }
+
     #[test]
     fn decimals() {
         let mut d = [0u8; 20];
