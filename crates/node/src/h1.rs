@@ -11,12 +11,13 @@
 //!   [`MAX_BODY`] bytes and at most `limits.max_body_bytes`;
 //! - no `Transfer-Encoding`, `Expect` or `Upgrade`.
 //!
-//! The first request that is not plain (HTTP/2's connection preface, a
-//! chunked body, a head hyper would refuse) hands the connection to hyper
-//! together with every byte read so far, and hyper serves the rest of the
-//! connection. So every answer to a malformed request (400, 413 before the
-//! body is read, 414, 431) is hyper's, exactly as when hyper serves the
-//! whole connection, and `http.direct_http1 = false` does.
+//! The first request that is not plain (HTTP/2's connection preface,
+//! HTTP/1.0, a chunked body, a head hyper would refuse) hands the connection
+//! to hyper together with every byte read so far, and hyper serves the rest
+//! of the connection. So a malformed request is answered as when hyper
+//! serves every connection (`http.direct_http1 = false`): hyper's empty 400,
+//! 414 or 431, or the API's 413 for a declared body over the limit, refused
+//! before it is read.
 //!
 //! The service is the same [`Api`] on both paths: routing, the in-flight
 //! bound, authentication, the request timeout, metrics and tokens are not
@@ -28,8 +29,9 @@
 //! request, the whole head must arrive within `header_timeout`, or the
 //! connection is closed without an answer. A head that arrived in time whose
 //! body is still missing then goes to hyper, which reads the body within the
-//! request timeout. On shutdown an idle connection is closed at once, and a
-//! request being served is answered with `Connection: close`.
+//! request timeout. On shutdown a connection that is idle, or still sending
+//! a request, is closed at once, and a request being served is answered
+//! with `Connection: close`.
 
 use std::cell::RefCell;
 use std::io;
