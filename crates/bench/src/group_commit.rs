@@ -135,23 +135,29 @@ pub async fn measure(
     })
 }
 
-/// Both cases, one writer then `many`, each on a fresh store under `dir`.
-pub async fn one_and_many(
+/// The three cases, each on a fresh store under `dir`: one writer, then
+/// `many`, then one writer again, so that the single-writer rate the ratio
+/// divides by is taken on both sides of the many writers (a virtual disk's
+/// fsync time drifts within minutes).
+pub async fn one_many_one(
     dir: &Path,
     many: usize,
     keys: u64,
     warmup: Duration,
     duration: Duration,
-) -> Result<(WriterCase, WriterCase)> {
+) -> Result<(WriterCase, WriterCase, WriterCase)> {
     let one = measure(&dir.join("one"), 1, keys, warmup, duration).await?;
     let many = measure(&dir.join("many"), many, keys, warmup, duration).await?;
-    Ok((one, many))
+    let one_after = measure(&dir.join("one-after"), 1, keys, warmup, duration).await?;
+    Ok((one, many, one_after))
 }
 
-/// Shared by the report: writes/s of `many` over writes/s of `one`.
-pub fn ratio(one: &WriterCase, many: &WriterCase) -> f64 {
-    if one.ops_per_sec > 0.0 {
-        many.ops_per_sec / one.ops_per_sec
+/// Writes/s of `many` over the mean writes/s of the single writer before
+/// and after it; 0 if either single-writer run wrote nothing (a failed run
+/// must not halve the divisor).
+pub fn ratio(many: f64, one_before: f64, one_after: f64) -> f64 {
+    if one_before > 0.0 && one_after > 0.0 {
+        many / ((one_before + one_after) / 2.0)
     } else {
         0.0
     }
@@ -160,6 +166,15 @@ pub fn ratio(one: &WriterCase, many: &WriterCase) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ratio_divides_by_the_mean_single_writer() {
+        assert_eq!(ratio(40_000.0, 1_500.0, 2_500.0), 20.0);
+        assert_eq!(ratio(40_000.0, 2_000.0, 2_000.0), 20.0);
+        assert_eq!(ratio(40_000.0, 0.0, 0.0), 0.0);
+        assert_eq!(ratio(40_000.0, 0.0, 4_000.0), 0.0);
+        assert_eq!(ratio(40_000.0, 4_000.0, 0.0), 0.0);
+    }
 
     /// The case measures real fsynced writes: every one answered, none
     /// failed, and each commit carried at least one of them.
