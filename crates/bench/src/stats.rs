@@ -94,6 +94,15 @@ impl Latency {
     }
 }
 
+/// `part` as a percentage of `whole`; 0 if `whole` is not positive.
+pub fn pct(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 {
+        100.0 * part / whole
+    } else {
+        0.0
+    }
+}
+
 /// CPU used during the measured window, in cores (1.0 = one core busy the
 /// whole time). On a machine where client and server share the cores, this
 /// says who the bottleneck is.
@@ -445,6 +454,12 @@ mod tests {
         assert!(machine_busy_time().is_some());
         let t = machine_times().unwrap();
         assert!(t.busy >= t.irq);
+    }
+
+    #[test]
+    fn a_percentage_of_nothing_is_zero() {
+        assert_eq!(pct(30_000.0, 60_000.0), 50.0);
+        assert_eq!(pct(30_000.0, 0.0), 0.0);
     }
 
     #[test]
