@@ -780,8 +780,9 @@ fn auth_and_overload() {
 
 /// A client cannot hold the node's connections without sending requests: slow
 /// headers and idle keep-alive connections are closed after
-/// `http.header_timeout_ms`, and a connection over `http.max_connections` is
-/// answered with 503 and closed.
+/// `http.header_timeout_ms`, a body that never arrives is answered with 504
+/// after `http.request_timeout_ms`, and a connection over
+/// `http.max_connections` is answered with 503 and closed.
 #[test]
 fn connections_are_bounded() {
     use std::io::{Read, Write};
@@ -791,7 +792,7 @@ fn connections_are_bounded() {
     let cfg = dir.path().join("c.toml");
     let text = common::config_text(&dir.path().join("d"), "127.0.0.1:0", "").replace(
         "[http]\n",
-        "[http]\nmax_connections = 3\nheader_timeout_ms = 1000\n",
+        "[http]\nmax_connections = 3\nheader_timeout_ms = 1000\nrequest_timeout_ms = 1500\n",
     );
     std::fs::write(&cfg, text).unwrap();
     let (mut child, addr) = common::spawn(&cfg);
@@ -834,6 +835,37 @@ fn connections_are_bounded() {
         "{}",
         String::from_utf8_lossy(&got)
     );
+
+    // Bodies that never arrive: a write whose head promises more bytes than
+    // it sends, and a read whose chunked body never starts. Each is answered
+    // 504 after `http.request_timeout_ms`, only the write's answer warns that
+    // it may have been applied, and nothing was written.
+    let stalled = [
+        (
+            &b"POST /v1/counter/c HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"add\":1}"[..],
+            true,
+        ),
+        (
+            &b"GET /v1/counter/c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+            false,
+        ),
+    ];
+    for (raw, write) in stalled {
+        let mut s = connect();
+        s.write_all(raw).unwrap();
+        let (got, took) = until_closed(&mut s);
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 504"), "{got}");
+        assert!(got.contains("\"code\":\"timeout\""), "{got}");
+        assert!(got.contains("http.request_timeout_ms"), "{got}");
+        assert_eq!(got.contains("write may still"), write, "{got}");
+        assert!(
+            took >= Duration::from_millis(1000),
+            "answered after {took:?}"
+        );
+    }
+    let r = request(addr, "GET", "/v1/counter/c", &[], None);
+    assert_eq!(r.json()["value"], 0, "{}", r.text());
 
     // Three connections held open; a fourth is refused with 503, and once
     // they close a new one is served.

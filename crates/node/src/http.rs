@@ -381,11 +381,20 @@ where
             )))
             .into_response();
         }
+        // Only a write can have been applied when its time runs out (its
+        // body may also never have arrived: a client that stalls after the
+        // head is answered here too).
+        let read = matches!(*req.method(), Method::GET | Method::HEAD);
         match tokio::time::timeout(timeout, run(req)).await {
             Ok(resp) => resp,
             Err(_) => HttpError(ApiError::timeout(format!(
-                "the request took longer than {} ms; a write may still have been applied",
-                timeout.as_millis()
+                "the request took longer than {} ms (http.request_timeout_ms){}",
+                timeout.as_millis(),
+                if read {
+                    ""
+                } else {
+                    "; a write may still have been applied"
+                }
             )))
             .into_response(),
         }
