@@ -163,6 +163,14 @@ async fn registers_flags_keys_delete() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(last(&server).path, "/v1/mvregister/r");
     assert_eq!(last(&server).body_json(), Some(json!([1, 2])));
+    // `set`, the op's name in a batch, is the same command.
+    for kind in ["register", "mvregister"] {
+        let run = dotkv(&server.url(), &[kind, "set", "r", "\"x\""], "").await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_eq!(last(&server).method, "PUT");
+        assert_eq!(last(&server).path, format!("/v1/{kind}/r"));
+        assert_eq!(last(&server).body_json(), Some(json!("x")));
+    }
 
     let run = dotkv(&server.url(), &["flag", "disable", "f"], "").await;
     assert_eq!(run.stdout, "flag/r ok\n");

@@ -1,4 +1,4 @@
-//! `dotkv mvregister get|put`: multi-value registers, which keep every
+//! `dotkv mvregister get|put` (`set` is `put`): multi-value registers, which keep every
 //! concurrent write.
 
 use clap::Subcommand;
@@ -10,6 +10,8 @@ pub enum MvRegisterCommand {
     /// Print every concurrent value, as a JSON array.
     Get { key: String },
     /// Write a JSON value (`-` reads it from stdin), replacing the values seen.
+    // `set` too: the op's name in a batch.
+    #[command(visible_alias = "set")]
     Put {
         key: String,
         /// The value as JSON, or `-` to read it from stdin.

@@ -1,4 +1,4 @@
-//! `dotkv register get|put`: last-writer-wins registers of any JSON value.
+//! `dotkv register get|put` (`set` is `put`): last-writer-wins registers of any JSON value.
 
 use clap::Subcommand;
 
@@ -9,6 +9,8 @@ pub enum RegisterCommand {
     /// Print the value (an error if never written).
     Get { key: String },
     /// Write a JSON value (`-` reads it from stdin). Strings need JSON quotes: '"text"'.
+    // `set` too: the op's name in a batch.
+    #[command(visible_alias = "set")]
     Put {
         key: String,
         /// The value as JSON, or `-` to read it from stdin.
