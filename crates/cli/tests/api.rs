@@ -688,6 +688,7 @@ fn auth_and_overload() {
     let n = TestNode::start_with("[auth]\ntokens = [\"s3cret\", \"other\"]\n");
     let r = n.get("/v1/counter/c");
     assert_eq!((r.status, r.code().as_str()), (401, "unauthorized"));
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"dotkv\""));
     let r = request(
         n.addr,
         "GET",
@@ -705,12 +706,17 @@ fn auth_and_overload() {
     );
     assert_eq!(r.status, 200);
     // The scheme is case-insensitive; another scheme is no bearer token.
-    for (value, status) in [
-        ("bearer s3cret", 200),
-        ("BEARER  s3cret ", 200),
-        ("Basic czNjcmV0", 401),
-        ("Bearer", 401),
-        ("s3cret", 401),
+    // Each 401 says which of the two it is, in its message and its
+    // challenge.
+    let bad_request = Some("Bearer realm=\"dotkv\", error=\"invalid_request\"");
+    let bad_token = Some("Bearer realm=\"dotkv\", error=\"invalid_token\"");
+    for (value, status, challenge) in [
+        ("bearer s3cret", 200, None),
+        ("BEARER  s3cret ", 200, None),
+        ("Basic czNjcmV0", 401, bad_request),
+        ("Bearer", 401, bad_request),
+        ("s3cret", 401, bad_request),
+        ("Bearer wrong", 401, bad_token),
     ] {
         let r = request(
             n.addr,
@@ -720,6 +726,10 @@ fn auth_and_overload() {
             None,
         );
         assert_eq!(r.status, status, "Authorization: {value}: {}", r.text());
+        assert_eq!(r.header("www-authenticate"), challenge, "{value}");
+        if challenge == bad_request {
+            common::assert_error(&r, 401, "unauthorized", "must be Bearer");
+        }
     }
     let r = request(
         n.addr,

@@ -351,11 +351,8 @@ where
             }
         };
         if is_api && !node.config.auth.tokens.is_empty() {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(bearer_token);
+            let auth = req.headers().get(header::AUTHORIZATION);
+            let given = auth.and_then(|v| v.to_str().ok()).and_then(bearer_token);
             let ok = given.is_some_and(|g| {
                 node.config
                     .auth
@@ -364,12 +361,28 @@ where
                     .any(|t| same_secret(t.as_bytes(), g.as_bytes()))
             });
             if !ok {
-                let msg = if given.is_none() {
-                    "missing bearer token: send Authorization: Bearer <token>"
-                } else {
-                    "bad bearer token"
+                // RFC 9110 asks every 401 to name the scheme; RFC 6750 adds
+                // `error="invalid_token"` when a token was sent and refused.
+                let (msg, challenge) = match (auth, given) {
+                    (None, _) => (
+                        "missing bearer token: send Authorization: Bearer <token>",
+                        "Bearer realm=\"dotkv\"",
+                    ),
+                    (Some(_), None) => (
+                        "the Authorization header must be Bearer <token>",
+                        "Bearer realm=\"dotkv\", error=\"invalid_request\"",
+                    ),
+                    (Some(_), Some(_)) => (
+                        "bad bearer token",
+                        "Bearer realm=\"dotkv\", error=\"invalid_token\"",
+                    ),
                 };
-                return HttpError(ApiError::unauthorized(msg)).into_response();
+                let mut resp = HttpError(ApiError::unauthorized(msg)).into_response();
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+                return resp;
             }
         }
         // A body declared longer than the limit is refused before it is
