@@ -362,7 +362,8 @@ where
             });
             if !ok {
                 // RFC 9110 asks every 401 to name the scheme; RFC 6750 adds
-                // `error="invalid_token"` when a token was sent and refused.
+                // why a header that was sent is refused: not a bearer token
+                // (`invalid_request`) or not one of ours (`invalid_token`).
                 let (msg, challenge) = match (auth, given) {
                     (None, _) => (
                         "missing bearer token: send Authorization: Bearer <token>",
