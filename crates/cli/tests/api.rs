@@ -846,6 +846,12 @@ fn connections_are_bounded() {
         String::from_utf8_lossy(&got)
     );
 
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+
     // Bodies that never arrive: a write whose head promises more bytes than
     // it sends, and a read whose chunked body never starts. Each is answered
     // 504 after `http.request_timeout_ms`, only the write's answer warns that
@@ -876,6 +882,17 @@ fn connections_are_bounded() {
     }
     let r = request(addr, "GET", "/v1/counter/c", &[], None);
     assert_eq!(r.json()["value"], 0, "{}", r.text());
+    // The node may still be closing those connections; the count below
+    // needs every slot free but the one asking.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = request(addr, "GET", "/metrics", &[], None).text();
+        if metric(&m, "dotkv_http_connections_open") == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "connections stayed open: {m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // Three connections held open; a fourth is refused with 503, and once
     // they close a new one is served.
@@ -890,11 +907,6 @@ fn connections_are_bounded() {
     };
     common::assert_error(&refused, 503, "not_ready", "max_connections");
     drop(held);
-    let metric = |text: &str, name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics"))
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match common::try_request(addr, "GET", b"/health", &[], None) {
