@@ -344,3 +344,71 @@ fn a_full_disk_refuses_writes_and_loses_nothing() {
         assert_eq!(r.status, 200, "acknowledged {key} lost: {}", r.text());
     }
 }
+
+/// Run `dotkv serve --config <config>` with `env` added, expecting it to
+/// exit on its own within 60 s; its exit code and stderr.
+fn serve_expecting_exit(config: &std::path::Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dotkv"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn dotkv");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dotkv serve did not exit within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code(), stderr)
+}
+
+#[test]
+fn a_data_dir_in_use_or_a_misspelt_override_is_refused_clearly() {
+    let n = TestNode::start();
+    assert_eq!(n.post("/v1/counter/c", r#"{"add":3}"#).status, 200);
+    // A second node on the same data directory (its own port) stops at
+    // once, says why, and leaves the first one serving.
+    let (code, stderr) = serve_expecting_exit(&n.config, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("data directory"), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert_eq!(n.get("/v1/counter/c").json()["value"], 3);
+    // A `DOTKV_*` override that names no option is refused like an unknown
+    // field in the file (exit 2, before anything starts), and names the
+    // variable that was probably meant.
+    let (code, stderr) = serve_expecting_exit(&n.config, &[("DOTKV_HTTP_MAX_BODY_BYTES", "10")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown variable DOTKV_HTTP_MAX_BODY_BYTES"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("DOTKV_LIMITS_MAX_BODY_BYTES"), "{stderr}");
+    // A data directory that is a file.
+    let file = n.dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let (code, stderr) = serve_expecting_exit(
+        &n.config,
+        &[("DOTKV_NODE_DATA_DIR", file.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not a directory"), "{stderr}");
+    assert_eq!(n.get("/v1/counter/c").json()["value"], 3);
+}

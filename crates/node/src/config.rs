@@ -26,6 +26,8 @@ pub enum ConfigError {
     },
     #[error("invalid value for {var}: {message}")]
     Env { var: String, message: String },
+    #[error("unknown variable {var}: {message}")]
+    UnknownEnv { var: String, message: String },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -395,7 +397,9 @@ impl Config {
 /// Apply `DOTKV_<SECTION>_<OPTION>` variables. Each known option's variable
 /// name is derived from the defaults, and the value is read with the type of
 /// the default: strings as they are, numbers and booleans parsed, lists split
-/// on commas.
+/// on commas. A variable that names a section but no option of it is
+/// refused, as an unknown field in the file is, so that a misspelt
+/// override does not go unnoticed.
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -405,6 +409,7 @@ fn apply_env(
         _ => return Ok(()),
     };
     let env: Vec<(String, String)> = env.into_iter().collect();
+    check_env_names(&defaults, &env)?;
     for (section, options) in &defaults {
         let Some(options) = options.as_table() else {
             continue;
@@ -453,6 +458,56 @@ fn apply_env(
     Ok(())
 }
 
+/// The variable that sets `option` of `section`.
+fn env_var(section: &str, option: &str) -> String {
+    format!("DOTKV_{section}_{option}").to_uppercase()
+}
+
+/// Refuse `DOTKV_<SECTION>_<REST>` where `<SECTION>` is a section of the
+/// config and `<REST>` none of its options. Variables of other shapes
+/// (`DOTKV_URL`, `DOTKV_CONFIG` and the client's others) are not the
+/// config's and are left alone.
+fn check_env_names(defaults: &toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+    let sections: Vec<(&String, &toml::Table)> = defaults
+        .iter()
+        .filter_map(|(name, v)| v.as_table().map(|t| (name, t)))
+        .collect();
+    for (var, _) in env {
+        for (section, options) in &sections {
+            let prefix = env_var(section, "");
+            let Some(rest) = var.strip_prefix(&prefix) else {
+                continue;
+            };
+            let option = rest.to_lowercase();
+            if options.contains_key(&option) {
+                break;
+            }
+            let elsewhere = sections
+                .iter()
+                .find(|(_, o)| o.contains_key(&option))
+                .map(|(other, _)| env_var(other, &option));
+            let message = match elsewhere {
+                Some(right) => {
+                    format!("[{section}] has no option `{option}`; did you mean {right}?")
+                }
+                None => format!(
+                    "[{section}] has no option `{option}`; its variables are {}",
+                    options
+                        .keys()
+                        .map(|o| env_var(section, o))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            return Err(ConfigError::UnknownEnv {
+                var: var.clone(),
+                message,
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,6 +539,39 @@ mod tests {
             Config::load_with_env(None, bad),
             Err(ConfigError::Env { .. })
         ));
+    }
+
+    #[test]
+    fn misspelt_environment_overrides_are_refused() {
+        let load =
+            |var: &str| Config::load_with_env(None, vec![(var.to_string(), "1".to_string())]);
+        // An option of another section: the message names the right variable.
+        let e = load("DOTKV_HTTP_MAX_BODY_BYTES").unwrap_err();
+        assert!(matches!(e, ConfigError::UnknownEnv { .. }), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("DOTKV_HTTP_MAX_BODY_BYTES"), "{e}");
+        assert!(
+            e.contains("did you mean DOTKV_LIMITS_MAX_BODY_BYTES"),
+            "{e}"
+        );
+        // No such option anywhere: the section's variables are listed.
+        let e = load("DOTKV_STORAGE_DURABILTY").unwrap_err().to_string();
+        assert!(e.contains("its variables are"), "{e}");
+        assert!(e.contains("DOTKV_STORAGE_DURABILITY"), "{e}");
+        assert!(e.contains("[storage] has no option `durabilty`"), "{e}");
+        // A section name alone, with nothing after it, is no option either.
+        assert!(load("DOTKV_LOG_").is_err());
+        // Variables that are not the config's are left to their owners.
+        for var in [
+            "DOTKV_URL",
+            "DOTKV_CONFIG",
+            "DOTKV_API_TOKEN",
+            "DOTKV_QUIC",
+            "DOTKV_BIN",
+        ] {
+            assert!(load(var).is_ok(), "{var}");
+        }
+        assert_eq!(load("DOTKV_LOG_LEVEL").unwrap().log.level, "1");
     }
 
     #[test]

@@ -160,7 +160,14 @@ impl Store {
     /// replica identity; an existing one keeps its own.
     pub fn open(path: impl AsRef<Path>, opts: &StoreOptions) -> Result<Store, StorageError> {
         let path = path.as_ref().to_path_buf();
-        std::fs::create_dir_all(&path)?;
+        let data_dir = |message: String| StorageError::DataDir {
+            path: path.clone(),
+            message,
+        };
+        if path.exists() && !path.is_dir() {
+            return Err(data_dir("it exists and is not a directory".into()));
+        }
+        std::fs::create_dir_all(&path).map_err(|e| data_dir(format!("cannot create it: {e}")))?;
         let cache = Cache::new_lru_cache(opts.block_cache_bytes);
         let cf_opts = |point_lookups: bool| {
             let mut o = Options::default();
@@ -203,7 +210,18 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_DELTAS, cf_opts(false)),
             ColumnFamilyDescriptor::new(CF_META, cf_opts(true)),
         ];
-        let db = DB::open_cf_descriptors(&db_opts, &path, cfs)?;
+        let db = DB::open_cf_descriptors(&db_opts, &path, cfs).map_err(|e| {
+            // RocksDB locks `LOCK` in the directory for as long as the
+            // database is open, in this process or another.
+            let text = e.to_string();
+            if text.contains("lock file") || text.contains("lock hold") {
+                data_dir(format!(
+                    "in use: another process (a dotkv node?) has it open ({text})"
+                ))
+            } else {
+                StorageError::Rocks(e)
+            }
+        })?;
         let meta = db
             .cf_handle(CF_META)
             .ok_or_else(|| StorageError::Corrupt("missing meta column family".into()))?;

@@ -36,6 +36,13 @@ pub enum StorageError {
     },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The data directory cannot be used: it is not a directory, cannot be
+    /// created, or another process has the database open.
+    #[error("data directory {}: {message}", .path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        message: String,
+    },
 }
 
 impl StorageError {

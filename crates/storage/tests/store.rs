@@ -203,6 +203,38 @@ async fn a_failing_op_rejects_its_whole_batch_and_nothing_else() {
     w.stop().await;
 }
 
+#[test]
+fn unusable_data_directories_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the directory should be.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let e = Store::open(&file, &StoreOptions::default())
+        .err()
+        .expect("a file is no data dir");
+    assert!(matches!(e, StorageError::DataDir { .. }), "{e}");
+    assert!(e.to_string().contains("not a directory"), "{e}");
+    assert!(e.to_string().contains(&file.display().to_string()), "{e}");
+    // A directory whose parent is a file cannot be created.
+    let e = Store::open(file.join("sub"), &StoreOptions::default())
+        .err()
+        .expect("under a file");
+    assert!(e.to_string().contains("cannot create it"), "{e}");
+    // A directory another holder has open: the database is locked.
+    let data = dir.path().join("data");
+    let first = Store::open(&data, &StoreOptions::default()).expect("first open");
+    let e = Store::open(&data, &StoreOptions::default())
+        .err()
+        .expect("second open");
+    assert!(matches!(e, StorageError::DataDir { .. }), "{e}");
+    assert!(e.to_string().contains("in use"), "{e}");
+    let replica = first.replica_uuid();
+    drop(first);
+    // Once it is closed, it opens again, as the same replica.
+    let again = Store::open(&data, &StoreOptions::default()).expect("open after close");
+    assert_eq!(again.replica_uuid(), replica);
+}
+
 #[tokio::test]
 async fn restart_keeps_replica_id_hlc_and_data() {
     let dir = tempfile::tempdir().unwrap();
