@@ -199,13 +199,7 @@ fn restart_keeps_identity_and_sigterm_is_graceful() {
     // Requests in flight when SIGTERM arrives still complete.
     let addr = n.addr;
     let inflight = std::thread::spawn(move || {
-        let mut vv = dotkv_crdt::VersionVector::new();
-        vv.set_max(dotkv_crdt::ReplicaId(7), 1);
-        let token = {
-            use base64::Engine;
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(dotkv_crdt::encode(&vv).unwrap())
-        };
+        let token = unseen_token();
         let started = Instant::now();
         let r = try_request(
             addr,
@@ -411,4 +405,87 @@ fn a_data_dir_in_use_or_a_misspelt_override_is_refused_clearly() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("not a directory"), "{stderr}");
     assert_eq!(n.get("/v1/counter/c").json()["value"], 3);
+}
+
+/// A causal token naming a write of a replica no test node has heard of: a
+/// request carrying it waits out its `timeout_ms`.
+fn unseen_token() -> String {
+    let mut vv = dotkv_crdt::VersionVector::new();
+    vv.set_max(dotkv_crdt::ReplicaId(7), 1);
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(dotkv_crdt::encode(&vv).unwrap())
+}
+
+#[test]
+fn a_second_stop_signal_cuts_the_grace_period_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dotkv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_ms = 60000\n[log]\nlevel = \"warn\"\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (mut child, addr) = common::spawn(&config);
+    let r = request(
+        addr,
+        "POST",
+        "/v1/counter/c",
+        JSON,
+        Some(r#"{"add":2}"#.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A read that would wait a minute for a write this node never sees.
+    let inflight = std::thread::spawn(move || {
+        try_request(
+            addr,
+            "GET",
+            b"/v1/counter/c?timeout_ms=60000",
+            &[("x-dotkv-token", &unseen_token())],
+            None,
+        )
+        .map(|r| r.status)
+        .ok()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = child.id() as i32;
+    let sigterm = || unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    };
+    // The first signal waits for it, within the minute of grace.
+    sigterm();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the node stopped without waiting for the request in flight"
+    );
+    // The second does not: the node flushes and exits 0 at once.
+    sigterm();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the node did not exit within 20 s of a second SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "exit status after two SIGTERMs: {status:?}"
+    );
+    // It was answered as at the end of the grace period, or cut off.
+    let answer = inflight.join().unwrap();
+    assert!(matches!(answer, None | Some(503)), "{answer:?}");
+    // What was acknowledged is there after a restart.
+    let (mut again, addr) = common::spawn(&config);
+    let r = request(addr, "GET", "/v1/counter/c", &[], None);
+    assert_eq!(r.json()["value"], 2);
+    let _ = again.kill();
+    let _ = again.wait();
 }

@@ -252,11 +252,13 @@ pub async fn bind(config: &Config) -> Result<TcpListener, NodeError> {
 }
 
 /// Serve `node` on `listener` until `shutdown` completes, then shut down
-/// gracefully.
+/// gracefully: requests in flight get `http.shutdown_grace_ms` to finish,
+/// unless `hurry` is cancelled meanwhile. The writer is flushed either way.
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    hurry: CancellationToken,
 ) -> Result<(), NodeError> {
     let app = http::api(node.clone());
     node.serve_quic(app.clone());
@@ -287,6 +289,9 @@ pub async fn serve(
         } => {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "requests still in flight after the grace period; closing");
         }
+        _ = hurry.cancelled() => {
+            tracing::warn!("second stop signal: closing the requests still in flight now");
+        }
     };
     node.ready.store(false, Ordering::Release);
     if let Some(r) = &node.replicator {
@@ -294,7 +299,10 @@ pub async fn serve(
         // hold in-flight slots like HTTP requests), within the grace period.
         let all = node.config.http.max_in_flight.max(1);
         let deadline = Instant::now() + grace;
-        while node.in_flight.available_permits() < all && Instant::now() < deadline {
+        while node.in_flight.available_permits() < all
+            && Instant::now() < deadline
+            && !hurry.is_cancelled()
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         r.stop();
@@ -327,22 +335,53 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         tracing::info!(addr = %q, peers = node.config.peers.len(), "QUIC endpoint (peers and API clients)");
         println!("dotkv: quic on {q}");
     }
-    serve(node, listener, shutdown_signal()).await
+    let (shutdown, hurry) = stop_signals();
+    serve(node, listener, shutdown, hurry).await
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
+/// The process's stop signals: the first SIGTERM or SIGINT completes the
+/// future (a graceful shutdown starts), a second one cancels the token
+/// (requests still in flight are not waited for). Signals after that are
+/// caught and ignored, so none kills the node before its WAL is flushed.
+pub fn stop_signals() -> (impl Future<Output = ()> + Send + 'static, CancellationToken) {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let first = CancellationToken::new();
+    let second = CancellationToken::new();
+    let (on_first, on_second) = (first.clone(), second.clone());
+    // A stream that cannot be had, or has ended, never yields.
+    async fn next(s: &mut Option<Signal>) {
+        let got = match s {
+            Some(s) => s.recv().await.is_some(),
+            None => false,
+        };
+        if !got {
+            std::future::pending::<()>().await
+        }
+    }
+    let listen = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(s) => Some(s),
         Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; stopping only on SIGINT");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+            tracing::error!(error = %e, "cannot listen for {name}");
+            None
         }
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-    }
+    let mut term = listen(SignalKind::terminate(), "SIGTERM");
+    let mut int = listen(SignalKind::interrupt(), "SIGINT");
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = next(&mut term) => "SIGTERM",
+            _ = next(&mut int) => "SIGINT",
+        };
+        tracing::info!("{name}: shutting down");
+        on_first.cancel();
+        let name = tokio::select! {
+            _ = next(&mut term) => "SIGTERM",
+            _ = next(&mut int) => "SIGINT",
+        };
+        tracing::info!("{name} again: not waiting for requests in flight");
+        on_second.cancel();
+        // Keep the handlers installed: later signals change nothing.
+        std::future::pending::<()>().await
+    });
+    (async move { first.cancelled().await }, second)
 }

@@ -134,7 +134,8 @@ async fn run(mut config: Config, fault: Fault) -> anyhow::Result<()> {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    dotkv_node::node::serve(node, inner, dotkv_node::node::shutdown_signal()).await?;
+    let (shutdown, hurry) = dotkv_node::node::stop_signals();
+    dotkv_node::node::serve(node, inner, shutdown, hurry).await?;
     Ok(())
 }
 
