@@ -361,7 +361,10 @@ fn exit_within(
 
 /// Run `dotkv serve --config <config>` with `env` added, expecting it to
 /// exit on its own within 60 s; its exit code and stderr.
-fn serve_expecting_exit(config: &std::path::Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+fn serve_expecting_exit(
+    config: &std::path::Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Option<i32>, String) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dotkv"))
         .arg("serve")
         .arg("--config")
@@ -397,20 +400,32 @@ fn a_data_dir_in_use_or_a_misspelt_override_is_refused_clearly() {
     // A `DOTKV_*` override that names no option is refused like an unknown
     // field in the file (exit 2, before anything starts), and names the
     // variable that was probably meant.
-    let (code, stderr) = serve_expecting_exit(&n.config, &[("DOTKV_HTTP_MAX_BODY_BYTES", "10")]);
+    // A variable that is not UTF-8, not the node's, changes nothing.
+    use std::os::unix::ffi::OsStrExt;
+    let not_utf8 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let (code, stderr) = serve_expecting_exit(
+        &n.config,
+        &[
+            ("DOTKV_HTTP_MAX_BODY_BYTES", "10".as_ref()),
+            ("SOME_OTHER_VARIABLE", not_utf8),
+        ],
+    );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("unknown variable DOTKV_HTTP_MAX_BODY_BYTES"),
         "{stderr}"
     );
     assert!(stderr.contains("DOTKV_LIMITS_MAX_BODY_BYTES"), "{stderr}");
+    // One of the node's that is not UTF-8 is refused, and nothing panics.
+    let (code, stderr) = serve_expecting_exit(&n.config, &[("DOTKV_NODE_NAME", not_utf8)]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("DOTKV_NODE_NAME"), "{stderr}");
+    assert!(stderr.contains("not valid UTF-8"), "{stderr}");
     // A data directory that is a file.
     let file = n.dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let (code, stderr) = serve_expecting_exit(
-        &n.config,
-        &[("DOTKV_NODE_DATA_DIR", file.to_str().unwrap())],
-    );
+    let (code, stderr) =
+        serve_expecting_exit(&n.config, &[("DOTKV_NODE_DATA_DIR", file.as_os_str())]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("not a directory"), "{stderr}");
     assert_eq!(n.get("/v1/counter/c").json()["value"], 3);

@@ -281,7 +281,25 @@ impl Config {
     /// Load `path` (or the embedded default when `None`), then apply `DOTKV_*`
     /// overrides from the process environment.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_with_env(path, std::env::vars())
+        // `std::env::vars` panics on a variable that is not UTF-8; such a
+        // variable is refused if it is one of ours and skipped otherwise.
+        let mut env = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            let Ok(key) = key.into_string() else {
+                continue;
+            };
+            match value.into_string() {
+                Ok(value) => env.push((key, value)),
+                Err(_) if key.starts_with("DOTKV_") => {
+                    return Err(ConfigError::Env {
+                        var: key,
+                        message: "the value is not valid UTF-8".into(),
+                    })
+                }
+                Err(_) => {}
+            }
+        }
+        Self::load_with_env(path, env)
     }
 
     pub fn load_with_env(
