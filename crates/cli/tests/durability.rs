@@ -452,7 +452,8 @@ fn a_second_stop_signal_cuts_the_grace_period_short() {
         ),
     )
     .unwrap();
-    let (mut child, addr) = common::spawn(&config);
+    let (child, addr) = common::spawn(&config);
+    let mut child = common::KillOnDrop(child);
     let r = request(
         addr,
         "POST",
@@ -500,9 +501,8 @@ fn a_second_stop_signal_cuts_the_grace_period_short() {
     let answer = inflight.join().unwrap();
     assert!(matches!(answer, None | Some(503)), "{answer:?}");
     // What was acknowledged is there after a restart.
-    let (mut again, addr) = common::spawn(&config);
+    let (again, addr) = common::spawn(&config);
+    let _again = common::KillOnDrop(again);
     let r = request(addr, "GET", "/v1/counter/c", &[], None);
     assert_eq!(r.json()["value"], 2);
-    let _ = again.kill();
-    let _ = again.wait();
 }

@@ -114,6 +114,31 @@ impl Drop for TestNode {
     }
 }
 
+/// A node process killed when the guard goes, so a failing test does not
+/// leave it running (it would hold the test's output pipe open, and with it
+/// `make test`).
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Spawn `dotkv serve --config`, wait for its "listening" line.
 pub fn spawn(config: &Path) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dotkv"))
