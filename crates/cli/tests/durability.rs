@@ -339,26 +339,6 @@ fn a_full_disk_refuses_writes_and_loses_nothing() {
     }
 }
 
-/// Wait for `child` to exit; past `limit`, kill it and fail the test.
-fn exit_within(
-    child: &mut std::process::Child,
-    limit: Duration,
-    what: &str,
-) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Run `dotkv serve --config <config>` with `env` added, expecting it to
 /// exit on its own within 60 s; its exit code and stderr.
 fn serve_expecting_exit(
@@ -374,7 +354,7 @@ fn serve_expecting_exit(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn dotkv");
-    let status = exit_within(&mut child, Duration::from_secs(60), "dotkv serve");
+    let status = common::exit_within(&mut child, Duration::from_secs(60), "dotkv serve");
     let mut stderr = String::new();
     use std::io::Read;
     child
@@ -488,7 +468,7 @@ fn a_second_stop_signal_cuts_the_grace_period_short() {
     );
     // The second does not: the node flushes and exits 0 at once.
     sigterm();
-    let status = exit_within(
+    let status = common::exit_within(
         &mut child,
         Duration::from_secs(20),
         "the node, after a second SIGTERM,",
