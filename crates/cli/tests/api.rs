@@ -512,6 +512,19 @@ fn every_error_status() {
         "conflict",
     );
     assert_eq!(n.get("/v1/counter/big").json()["value"], i64::MAX);
+    // Only the value's range limits adds: swinging between the ends of it
+    // takes the node's running totals of each sign past u64::MAX (from the
+    // fourth add on here), and every add still lands.
+    let mut want = 0i64;
+    for round in 0..3 {
+        for add in [i64::MAX, i64::MIN] {
+            want += add;
+            let r = n.post("/v1/counter/seesaw", &json!({ "add": add }).to_string());
+            assert_eq!(r.status, 200, "round {round}, add {add}: {:?}", r.json());
+            assert_eq!(r.json()["value"], want);
+        }
+    }
+    assert_eq!(n.get("/v1/counter/seesaw").json()["value"], -3);
     // 413: oversized key, value, body, too many elements.
     expect(
         n.get(&format!("/v1/counter/{}", "k".repeat(17))),
