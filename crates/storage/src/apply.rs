@@ -27,9 +27,15 @@ type RowMap = std::collections::HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast
 
 /// Rows by column family and key; `None` is a deletion. One map per column
 /// family, so a row is looked up by a borrowed key.
+///
+/// `cleared` holds key prefixes whose every row was deleted at once (a range
+/// deletion, one per cleared set, however many elements it had). The rows in
+/// the maps were all written after those deletions: clearing a prefix drops
+/// the rows under it that were written before.
 #[derive(Default)]
 pub(crate) struct Rows {
     by_cf: Vec<(&'static str, RowMap)>,
+    cleared: Vec<(&'static str, Vec<u8>)>,
 }
 
 impl Rows {
@@ -57,15 +63,49 @@ impl Rows {
     }
 
     fn is_empty(&self) -> bool {
-        self.by_cf.iter().all(|(_, m)| m.is_empty())
+        self.by_cf.iter().all(|(_, m)| m.is_empty()) && self.cleared.is_empty()
     }
 
     fn clear(&mut self) {
         self.by_cf.iter_mut().for_each(|(_, m)| m.clear());
+        self.cleared.clear();
     }
 
-    /// Move every row of `other` into this one, over what is here.
+    /// Delete every row of `cf` under `prefix`, those written here and those
+    /// further down.
+    fn clear_prefix(&mut self, cf: &'static str, prefix: Vec<u8>) {
+        if let Some(m) = self
+            .by_cf
+            .iter_mut()
+            .find(|(c, _)| *c == cf)
+            .map(|(_, m)| m)
+        {
+            m.retain(|k, _| !k.starts_with(&prefix));
+        }
+        // A prefix under one already cleared adds nothing; one over earlier
+        // ones replaces them.
+        if self.is_cleared(cf, &prefix) {
+            return;
+        }
+        self.cleared
+            .retain(|(c, p)| !(*c == cf && p.starts_with(&prefix)));
+        self.cleared.push((cf, prefix));
+    }
+
+    /// Whether a clear at this layer deleted `key` of `cf`, as a row further
+    /// down holds it.
+    fn is_cleared(&self, cf: &str, key: &[u8]) -> bool {
+        self.cleared
+            .iter()
+            .any(|(c, p)| *c == cf && key.starts_with(p))
+    }
+
+    /// Move every row and clear of `other` into this one, over what is here:
+    /// `other`'s clears first, as they came before its rows.
     fn take_all(&mut self, other: &mut Rows) {
+        for (cf, prefix) in other.cleared.drain(..) {
+            self.clear_prefix(cf, prefix);
+        }
         for (cf, m) in &mut other.by_cf {
             self.map_mut(cf).extend(m.drain());
         }
@@ -157,6 +197,26 @@ impl RowCache {
         if self.budget == 0 {
             return;
         }
+        // Rows under a cleared prefix are gone, but those the group wrote
+        // after the clear, which follow.
+        for (cf, prefix) in &rows.cleared {
+            for generation in [&mut self.young, &mut self.old] {
+                let map = match *cf {
+                    CF_OBJECTS => &mut generation.objects,
+                    CF_SET_ELEMS => &mut generation.elems,
+                    _ => continue,
+                };
+                let mut freed = 0;
+                map.retain(|k, v| {
+                    let keep = !k.starts_with(prefix);
+                    if !keep {
+                        freed += row_cost(k, v);
+                    }
+                    keep
+                });
+                generation.bytes -= freed;
+            }
+        }
         for (cf, key, value) in rows
             .by_cf
             .into_iter()
@@ -238,12 +298,18 @@ impl<'s> Overlay<'s> {
         cf: &'static str,
         key: &[u8],
     ) -> Result<Option<std::borrow::Cow<'_, [u8]>>, StorageError> {
-        let known = self
-            .staged
-            .get(cf, key)
-            .or_else(|| self.group.get(cf, key))
-            .or_else(|| self.cache.get(cf, key));
-        if let Some(v) = known {
+        // Each layer's rows, then its clears, hide what lies below.
+        let mut known = None;
+        for layer in [&self.staged, &self.group] {
+            if let Some(v) = layer.get(cf, key) {
+                known = Some(v);
+                break;
+            }
+            if layer.is_cleared(cf, key) {
+                return Ok(None);
+            }
+        }
+        if let Some(v) = known.or_else(|| self.cache.get(cf, key)) {
             return Ok(v.as_deref().map(std::borrow::Cow::Borrowed));
         }
         let value = self.store.db().get_cf(self.store.cf(cf), key)?;
@@ -277,6 +343,42 @@ impl<'s> Overlay<'s> {
         self.staged.insert(cf, key, None);
     }
 
+    /// Delete every row of `cf` under `prefix`: one range deletion when
+    /// committed, whatever the number of rows.
+    fn delete_prefix(&mut self, cf: &'static str, prefix: Vec<u8>) -> Result<(), StorageError> {
+        if keys::prefix_end(&prefix).is_some() {
+            self.staged.clear_prefix(cf, prefix);
+        } else {
+            // Only a prefix of 0xff bytes has no end; dotkv's (a length,
+            // then UTF-8, which has no 0xff byte) always have one.
+            for (k, _) in self.scan_prefix(cf, &prefix)? {
+                self.delete(cf, k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether more than `n` committed rows of `cf` start with `prefix`
+    /// (reading at most `n + 1` of them).
+    fn committed_more_than(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        n: usize,
+    ) -> Result<bool, StorageError> {
+        let mut seen = 0;
+        for item in self.store.prefix_rows(cf, prefix, prefix).take(n + 1) {
+            item?;
+            seen += 1;
+        }
+        Ok(seen > n)
+    }
+
+    /// Whether this group cleared `key` of `cf` (or a prefix of it).
+    fn cleared(&self, cf: &str, key: &[u8]) -> bool {
+        self.staged.is_cleared(cf, key) || self.group.is_cleared(cf, key)
+    }
+
     /// Every live row under `prefix`, the overlay's view merged over the
     /// database's.
     fn scan_prefix(
@@ -285,11 +387,14 @@ impl<'s> Overlay<'s> {
         prefix: &[u8],
     ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StorageError> {
         let mut rows = BTreeMap::new();
-        for item in self.store.prefix_rows(cf, prefix, prefix) {
-            let (k, v) = item?;
-            rows.insert(k.to_vec(), v.to_vec());
+        if !self.cleared(cf, prefix) {
+            for item in self.store.prefix_rows(cf, prefix, prefix) {
+                let (k, v) = item?;
+                rows.insert(k.to_vec(), v.to_vec());
+            }
         }
         for layer in [&self.group, &self.staged] {
+            rows.retain(|k, _| !layer.is_cleared(cf, k));
             for (c, k, v) in layer.iter() {
                 if c == cf && k.starts_with(prefix) {
                     match v {
@@ -307,22 +412,38 @@ impl<'s> Overlay<'s> {
     /// reads at most one committed row more than the group has written
     /// under `prefix`.
     fn any_with_prefix(&self, cf: &'static str, prefix: &[u8]) -> Result<bool, StorageError> {
-        let written = |k: &[u8]| self.staged.get(cf, k).or_else(|| self.group.get(cf, k));
+        // Whether the group left a row live (`Some(true)`), deleted it or
+        // cleared it (`Some(false)`), or did not touch it (`None`).
+        let written = |k: &[u8]| {
+            for layer in [&self.staged, &self.group] {
+                if let Some(v) = layer.get(cf, k) {
+                    return Some(v.is_some());
+                }
+                if layer.is_cleared(cf, k) {
+                    return Some(false);
+                }
+            }
+            None
+        };
         for layer in [&self.staged, &self.group] {
             let Some(rows) = layer.map(cf) else {
                 continue;
             };
             if rows
                 .keys()
-                .any(|k| k.starts_with(prefix) && written(k).is_some_and(Option::is_some))
+                .any(|k| k.starts_with(prefix) && written(k) == Some(true))
             {
                 return Ok(true);
             }
         }
+        if self.cleared(cf, prefix) {
+            // The group cleared every committed row under `prefix`.
+            return Ok(false);
+        }
         for item in self.store.prefix_rows(cf, prefix, prefix) {
             let (k, _) = item?;
-            // A committed row the group has not touched is live; one it
-            // wrote was judged above.
+            // A committed row the group has not touched (nor cleared) is
+            // live; one it wrote was judged above.
             if written(&k).is_none() {
                 return Ok(true);
             }
@@ -343,6 +464,14 @@ impl<'s> Overlay<'s> {
     /// the batch is committed, for the row cache.
     pub(crate) fn into_batch(mut self, batch: &mut WriteBatch) -> Rows {
         debug_assert!(self.staged.is_empty());
+        // Clears first: the group's rows under a cleared prefix were written
+        // after it, and a later entry of a batch wins.
+        for (cf, prefix) in &self.group.cleared {
+            // `delete_prefix` clears only prefixes that have an end.
+            if let Some(end) = keys::prefix_end(prefix) {
+                batch.delete_range_cf(self.store.cf(cf), prefix, &end);
+            }
+        }
         for (cf, k, v) in self.group.iter() {
             let handle = self.store.cf(cf);
             match v {
@@ -355,6 +484,10 @@ impl<'s> Overlay<'s> {
         rows
     }
 }
+
+/// A local delete of a set with more committed elements than this removes
+/// them with one range deletion instead of one deletion each.
+const CLEAR_BY_RANGE_ABOVE: usize = 64;
 
 fn ctx_of(dots: impl IntoIterator<Item = Dot>) -> CausalContext {
     dots.into_iter().collect()
@@ -581,8 +714,19 @@ impl<C: WallClock> Applier<'_, C> {
                 }
             }
             ObjectKind::Set => {
-                for (k, _) in ov.scan_prefix(CF_SET_ELEMS, &keys::set_prefix(&key))? {
-                    ov.delete(CF_SET_ELEMS, k);
+                // Every element row holds only dots this node has applied,
+                // all covered by `vv`, so the observed remove takes them all
+                // (peers remove only what `seen` covers). A large set goes
+                // with one range deletion, as cheap for a million elements as
+                // for a hundred; a small one row by row, since every range
+                // deletion in the memtable is consulted by later reads.
+                let prefix = keys::set_prefix(&key);
+                if ov.committed_more_than(CF_SET_ELEMS, &prefix, CLEAR_BY_RANGE_ABOVE)? {
+                    ov.delete_prefix(CF_SET_ELEMS, prefix)?;
+                } else {
+                    for (k, _) in ov.scan_prefix(CF_SET_ELEMS, &prefix)? {
+                        ov.delete(CF_SET_ELEMS, k);
+                    }
                 }
                 DeltaOp::SetClear {
                     key,
@@ -860,5 +1004,82 @@ mod tests {
         let mut cache = RowCache::new(0);
         cache.absorb(rows(10, 10, 1));
         assert_eq!(cache.len(), 0);
+    }
+
+    /// A cleared prefix hides every row under it that came before the clear
+    /// (committed, cached, or written earlier in the group) and none that
+    /// came after; it commits as one range deletion and the row cache
+    /// forgets what it held under it.
+    #[test]
+    fn a_cleared_prefix_hides_what_came_before_it_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &crate::db::StoreOptions::default()).unwrap();
+        let elems = store.cf(CF_SET_ELEMS);
+        for k in [&b"p1a"[..], b"p1b", b"p1c", b"p2a"] {
+            store.db().put_cf(elems, k, [1]).unwrap();
+        }
+        let mut cache = RowCache::new(1 << 20);
+        let mut known = Rows::default();
+        known.insert(CF_SET_ELEMS, b"p1c".to_vec(), Some(vec![1]));
+        cache.absorb(known);
+        let live = |ov: &Overlay<'_>| -> Vec<Vec<u8>> {
+            ov.scan_prefix(CF_SET_ELEMS, b"p1")
+                .unwrap()
+                .into_keys()
+                .collect()
+        };
+        let mut batch = WriteBatch::default();
+        let rows = {
+            let mut ov = Overlay::new(&store, &cache);
+            ov.put(CF_SET_ELEMS, b"p1x".to_vec(), vec![2]);
+            ov.accept_staged();
+            // A clear that is then discarded changes nothing.
+            ov.delete_prefix(CF_SET_ELEMS, b"p1".to_vec()).unwrap();
+            assert!(ov.get(CF_SET_ELEMS, b"p1x").unwrap().is_none());
+            ov.discard_staged();
+            assert!(ov.get(CF_SET_ELEMS, b"p1x").unwrap().is_some());
+            assert_eq!(live(&ov), [&b"p1a"[..], b"p1b", b"p1c", b"p1x"]);
+            // Staged over the group's row, the cache's and the database's.
+            ov.delete_prefix(CF_SET_ELEMS, b"p1".to_vec()).unwrap();
+            for k in [&b"p1a"[..], b"p1c", b"p1x"] {
+                assert!(ov.get(CF_SET_ELEMS, k).unwrap().is_none(), "{k:?}");
+            }
+            assert!(ov.get(CF_SET_ELEMS, b"p2a").unwrap().is_some());
+            assert!(!ov.any_with_prefix(CF_SET_ELEMS, b"p1").unwrap());
+            assert!(live(&ov).is_empty());
+            ov.put(CF_SET_ELEMS, b"p1y".to_vec(), vec![3]);
+            assert!(ov.any_with_prefix(CF_SET_ELEMS, b"p1").unwrap());
+            assert_eq!(live(&ov), [b"p1y"]);
+            ov.accept_staged();
+            // The same through the group's layer.
+            assert!(ov.get(CF_SET_ELEMS, b"p1b").unwrap().is_none());
+            assert!(ov.get(CF_SET_ELEMS, b"p1x").unwrap().is_none());
+            assert_eq!(live(&ov), [b"p1y"]);
+            assert_eq!(
+                ov.scan_prefix(CF_SET_ELEMS, b"p")
+                    .unwrap()
+                    .into_keys()
+                    .collect::<Vec<_>>(),
+                [&b"p1y"[..], b"p2a"]
+            );
+            ov.into_batch(&mut batch)
+        };
+        store.db().write(batch).unwrap();
+        cache.absorb(rows);
+        assert_eq!(
+            cache.get(CF_SET_ELEMS, b"p1c"),
+            None,
+            "the cache kept a cleared row"
+        );
+        assert_eq!(cache.get(CF_SET_ELEMS, b"p1y"), Some(&Some(vec![3])));
+        let committed: Vec<Vec<u8>> = store
+            .prefix_rows(CF_SET_ELEMS, b"p", b"p")
+            .map(|r| r.unwrap().0.to_vec())
+            .collect();
+        assert_eq!(committed, [&b"p1y"[..], b"p2a"]);
+        let ov = Overlay::new(&store, &cache);
+        assert!(ov.get(CF_SET_ELEMS, b"p1a").unwrap().is_none());
+        assert!(ov.committed_more_than(CF_SET_ELEMS, b"p", 1).unwrap());
+        assert!(!ov.committed_more_than(CF_SET_ELEMS, b"p", 2).unwrap());
     }
 }

@@ -358,6 +358,71 @@ async fn a_set_is_listed_exactly_while_it_has_elements() {
     wb.stop().await;
 }
 
+/// A delete of a large set removes its elements with one range deletion
+/// (a commit of a few RocksDB entries, not one per element), with the same
+/// result as a delete row by row: within a batch, at a peer that added
+/// concurrently, next to sets whose names share a prefix, and after a
+/// restart.
+#[tokio::test]
+async fn a_large_set_is_deleted_in_one_range_deletion() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (sa, wa) = open(da.path());
+    let (sb, wb) = open(db.path());
+    let many: Vec<String> = (0..500).map(|i| format!("e{i:03}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let delete = |key: &str| Op::Delete {
+        kind: ObjectKind::Set,
+        key: key.into(),
+    };
+    for key in ["big", "bi", "bigx"] {
+        wa.write(vec![set_add(key, &many)]).await.unwrap();
+    }
+    // Added, cleared and added again in one batch: only the last add stays.
+    let before = sa.latest_seq();
+    wa.write(vec![
+        set_add("big", &["late"]),
+        delete("big"),
+        set_add("big", &["new"]),
+    ])
+    .await
+    .unwrap();
+    let entries = sa.latest_seq() - before;
+    assert!(
+        entries < 20,
+        "the batch took {entries} RocksDB entries; 500 elements were deleted one by one"
+    );
+    assert_eq!(set_elems(&sa, "big"), vec!["new"]);
+    assert!(set_listed(&sa, "big"));
+    for key in ["bi", "bigx"] {
+        assert_eq!(sa.set_len(key).unwrap(), 500, "{key} lost elements");
+    }
+    // A small set goes row by row, with the same result.
+    wa.write(vec![delete("big")]).await.unwrap();
+    assert!(set_elems(&sa, "big").is_empty());
+    assert!(!set_listed(&sa, "big"));
+
+    // At a peer: what A had seen goes, B's concurrent add stays.
+    wa.write(vec![set_add("big", &many)]).await.unwrap();
+    let next = ship(&sa, &wb, 1).await;
+    assert_eq!(sb.set_len("big").unwrap(), 500);
+    wb.write(vec![set_add("big", &["zb"])]).await.unwrap();
+    wa.write(vec![delete("big")]).await.unwrap();
+    assert!(set_elems(&sa, "big").is_empty());
+    ship(&sa, &wb, next).await;
+    ship(&sb, &wa, 1).await;
+    for s in [&sa, &sb] {
+        assert_eq!(set_elems(s, "big"), vec!["zb"]);
+        assert_eq!(s.set_len("bigx").unwrap(), 500);
+    }
+    wa.stop().await;
+    wb.stop().await;
+    drop(sa);
+    let (sa, wa) = open(da.path());
+    assert_eq!(set_elems(&sa, "big"), vec!["zb"]);
+    assert_eq!(sa.set_len("bi").unwrap(), 500);
+    wa.stop().await;
+}
+
 async fn ship(from: &Store, to: &Writer, origin_from: u64) -> u64 {
     let groups = from
         .delta_groups(from.replica(), origin_from, 10_000)
