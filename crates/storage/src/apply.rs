@@ -358,6 +358,51 @@ impl<'s> Overlay<'s> {
         Ok(())
     }
 
+    /// Whether the group left a row live (`Some(true)`), deleted it or
+    /// cleared it (`Some(false)`), or did not touch it (`None`).
+    fn written(&self, cf: &str, key: &[u8]) -> Option<bool> {
+        for layer in [&self.staged, &self.group] {
+            if let Some(v) = layer.get(cf, key) {
+                return Some(v.is_some());
+            }
+            if layer.is_cleared(cf, key) {
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    /// Call `f` with every live row under `prefix` as this group sees it,
+    /// in no particular order, holding none of them: committed rows are
+    /// streamed from the database, then come the rows the group wrote.
+    fn visit_prefix(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        if !self.cleared(cf, prefix) {
+            for item in self.store.prefix_rows(cf, prefix, prefix) {
+                let (k, v) = item?;
+                if self.written(cf, &k).is_none() {
+                    f(&k, &v)?;
+                }
+            }
+        }
+        let mut ours = std::collections::BTreeSet::new();
+        for layer in [&self.staged, &self.group] {
+            if let Some(rows) = layer.map(cf) {
+                ours.extend(rows.keys().filter(|k| k.starts_with(prefix)));
+            }
+        }
+        for k in ours {
+            if let Some(v) = self.get(cf, k)? {
+                f(k, &v)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether more than `n` committed rows of `cf` start with `prefix`
     /// (reading at most `n + 1` of them).
     fn committed_more_than(
@@ -412,19 +457,7 @@ impl<'s> Overlay<'s> {
     /// reads at most one committed row more than the group has written
     /// under `prefix`.
     fn any_with_prefix(&self, cf: &'static str, prefix: &[u8]) -> Result<bool, StorageError> {
-        // Whether the group left a row live (`Some(true)`), deleted it or
-        // cleared it (`Some(false)`), or did not touch it (`None`).
-        let written = |k: &[u8]| {
-            for layer in [&self.staged, &self.group] {
-                if let Some(v) = layer.get(cf, k) {
-                    return Some(v.is_some());
-                }
-                if layer.is_cleared(cf, k) {
-                    return Some(false);
-                }
-            }
-            None
-        };
+        let written = |k: &[u8]| self.written(cf, k);
         for layer in [&self.staged, &self.group] {
             let Some(rows) = layer.map(cf) else {
                 continue;
@@ -817,12 +850,34 @@ impl<C: WallClock> Applier<'_, C> {
             }
             DeltaOp::SetClear { key, seen } => {
                 let mut present = false;
-                for (k, raw) in ov.scan_prefix(CF_SET_ELEMS, &keys::set_prefix(key))? {
-                    let mut dots: DotSet =
-                        decode(&raw).map_err(|e| StorageError::codec("set element", e))?;
-                    dots.remove_covered(seen);
-                    present |= !dots.is_bottom();
-                    put_or_delete_in(ov, CF_SET_ELEMS, k, &dots, "set element")?;
+                let prefix = keys::set_prefix(key);
+                if ov.committed_more_than(CF_SET_ELEMS, &prefix, CLEAR_BY_RANGE_ABOVE)? {
+                    // A large set: clear it with one range deletion and put
+                    // back only the elements with dots the delete had not
+                    // seen (added concurrently with it), few as a rule.
+                    let mut kept = Vec::new();
+                    ov.visit_prefix(CF_SET_ELEMS, &prefix, |k, raw| {
+                        let mut dots: DotSet =
+                            decode(raw).map_err(|e| StorageError::codec("set element", e))?;
+                        dots.remove_covered(seen);
+                        if !dots.is_bottom() {
+                            kept.push((k.to_vec(), dots));
+                        }
+                        Ok(())
+                    })?;
+                    ov.delete_prefix(CF_SET_ELEMS, prefix)?;
+                    present = !kept.is_empty();
+                    for (k, dots) in kept {
+                        ov.put(CF_SET_ELEMS, k, encode_state("set element", &dots)?);
+                    }
+                } else {
+                    for (k, raw) in ov.scan_prefix(CF_SET_ELEMS, &prefix)? {
+                        let mut dots: DotSet =
+                            decode(&raw).map_err(|e| StorageError::codec("set element", e))?;
+                        dots.remove_covered(seen);
+                        present |= !dots.is_bottom();
+                        put_or_delete_in(ov, CF_SET_ELEMS, k, &dots, "set element")?;
+                    }
                 }
                 // Every element was scanned: none left means an empty set.
                 let row = keys::object(ObjectKind::Set, key);

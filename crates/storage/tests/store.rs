@@ -359,10 +359,10 @@ async fn a_set_is_listed_exactly_while_it_has_elements() {
 }
 
 /// A delete of a large set removes its elements with one range deletion
-/// (a commit of a few RocksDB entries, not one per element), with the same
-/// result as a delete row by row: within a batch, at a peer that added
-/// concurrently, next to sets whose names share a prefix, and after a
-/// restart.
+/// (a commit of a few RocksDB entries, not one per element), at the node
+/// that takes it and at a peer, which puts back what it added concurrently;
+/// with the same result as a delete row by row: within a batch, next to sets
+/// whose names share a prefix, and after a restart.
 #[tokio::test]
 async fn a_large_set_is_deleted_in_one_range_deletion() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -408,7 +408,15 @@ async fn a_large_set_is_deleted_in_one_range_deletion() {
     wb.write(vec![set_add("big", &["zb"])]).await.unwrap();
     wa.write(vec![delete("big")]).await.unwrap();
     assert!(set_elems(&sa, "big").is_empty());
+    // B clears by range too, and puts back the element it added.
+    let before = sb.latest_seq();
     ship(&sa, &wb, next).await;
+    let entries = sb.latest_seq() - before;
+    assert!(
+        entries < 20,
+        "B applied the delete with {entries} RocksDB entries"
+    );
+    assert_eq!(set_elems(&sb, "big"), vec!["zb"]);
     ship(&sb, &wa, 1).await;
     for s in [&sa, &sb] {
         assert_eq!(set_elems(s, "big"), vec!["zb"]);
