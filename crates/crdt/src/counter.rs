@@ -94,18 +94,11 @@ struct Totals {
 const MAX_TOTAL: u128 = i128::MAX as u128;
 
 impl From<Vec<(ReplicaId, u128)>> for Totals {
-    /// Normalises any list: sorted, one entry per replica (the largest), no zeros.
-    fn from(mut entries: Vec<(ReplicaId, u128)>) -> Self {
-        entries.retain(|&(_, c)| c > 0);
-        entries.sort_unstable();
-        let mut out: SmallVec<[(ReplicaId, u128); 1]> = SmallVec::with_capacity(entries.len());
-        for (r, c) in entries {
-            match out.last_mut() {
-                Some(last) if last.0 == r => last.1 = c,
-                _ => out.push((r, c)),
-            }
+    /// Normalises any list, as a version vector's.
+    fn from(entries: Vec<(ReplicaId, u128)>) -> Self {
+        Totals {
+            entries: crate::vv::normalise(entries),
         }
-        Totals { entries: out }
     }
 }
 

@@ -17,21 +17,31 @@ pub struct VersionVector {
     entries: SmallVec<[(ReplicaId, u64); 1]>,
 }
 
-impl From<Vec<(ReplicaId, u64)>> for VersionVector {
-    /// Normalises any list: sorted, one entry per replica (the largest), no zeros.
-    /// Decoding untrusted bytes therefore never yields a malformed vector.
-    fn from(mut entries: Vec<(ReplicaId, u64)>) -> Self {
-        entries.retain(|&(_, c)| c > 0);
-        entries.sort_unstable();
-        // After sorting, the largest counter of a replica comes last.
-        let mut out: SmallVec<[(ReplicaId, u64); 1]> = SmallVec::with_capacity(entries.len());
-        for (r, c) in entries {
-            match out.last_mut() {
-                Some(last) if last.0 == r => last.1 = c,
-                _ => out.push((r, c)),
-            }
+/// Any list of per-replica numbers as a vector's entries: sorted, one entry
+/// per replica (the largest), no zeros. Decoding untrusted bytes therefore
+/// never yields a malformed vector.
+pub(crate) fn normalise<C: Copy + Ord + Default>(
+    mut entries: Vec<(ReplicaId, C)>,
+) -> SmallVec<[(ReplicaId, C); 1]> {
+    entries.retain(|&(_, c)| c > C::default());
+    entries.sort_unstable();
+    // After sorting, the largest number of a replica comes last.
+    let mut out: SmallVec<[(ReplicaId, C); 1]> = SmallVec::with_capacity(entries.len());
+    for (r, c) in entries {
+        match out.last_mut() {
+            Some(last) if last.0 == r => last.1 = c,
+            _ => out.push((r, c)),
         }
-        VersionVector { entries: out }
+    }
+    out
+}
+
+impl From<Vec<(ReplicaId, u64)>> for VersionVector {
+    /// Normalises any list (see [`normalise`]).
+    fn from(entries: Vec<(ReplicaId, u64)>) -> Self {
+        VersionVector {
+            entries: normalise(entries),
+        }
     }
 }
 
