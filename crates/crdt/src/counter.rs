@@ -190,7 +190,8 @@ impl PNCounter {
 
     /// The delta of adding `amount` (negative to subtract) at `replica`.
     pub fn add_delta(&self, replica: ReplicaId, amount: i64) -> Result<Self, CounterError> {
-        to_i64(self.wide_value()? + amount as i128)?;
+        let after = self.wide_value()?.checked_add(i128::from(amount));
+        to_i64(after.ok_or(CounterError::Overflow)?)?;
         let mut delta = PNCounter::new();
         let (totals, out) = if amount >= 0 {
             (&self.p, &mut delta.p)
@@ -340,6 +341,10 @@ mod tests {
         let decoded: PNCounter = crate::codec::decode(&bytes).unwrap();
         assert_eq!(decoded.add_delta(A, 1), Err(CounterError::Overflow));
         // Adds stop at MAX_TOTAL, where the totals still read.
+        // A decoded value far outside i64 refuses adds without overflowing.
+        let mut wide = PNCounter::default();
+        wide.p.set_max(A, MAX_TOTAL);
+        assert_eq!(wide.add_delta(B, i64::MAX), Err(CounterError::Overflow));
         let mut near = PNCounter::default();
         near.p.set_max(A, MAX_TOTAL - 1);
         near.n.set_max(A, MAX_TOTAL - 1);
