@@ -10,6 +10,11 @@
 //! `kill -9` and a restart, after clients writing concurrently, and after a
 //! SIGTERM and a restart.
 //!
+//! A second test runs the same clients at two datacenters at once, each on
+//! its own keys, and then reads the model of both writers back from each
+//! node: replication must carry every kind of op (batches, counter resets,
+//! large sets cleared by range) to the peer intact.
+//!
 //! A failure names its seed. `DOTKV_MODEL_SEED=<n>` runs one seed and
 //! `DOTKV_MODEL_OPS=<n>` sets the operations per phase, to reproduce a failure
 //! or to search further.
@@ -23,6 +28,7 @@ use std::io::{BufRead, BufReader, Read, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use common::cluster::{Cluster, DEADLINE};
 use common::{parse_response, Resp, TestNode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -593,7 +599,7 @@ impl Client {
         let (kind, key) = op.kind_and_key();
         let p = path(kind, key);
         let what = format!("{op:?}");
-        let r = match &op {
+        let body = match &op {
             Op::CounterAdd(_, n) => json!({ "add": n }).to_string(),
             Op::RegisterSet(_, v) | Op::MvSet(_, v) => v.to_string(),
             Op::SetUpdate { add, remove, .. } => set_body(add, remove).to_string(),
@@ -601,9 +607,9 @@ impl Client {
             Op::Delete(..) => String::new(),
         };
         let r = match &op {
-            Op::RegisterSet(..) | Op::MvSet(..) => self.req("PUT", &p, Some(&r)),
+            Op::RegisterSet(..) | Op::MvSet(..) => self.req("PUT", &p, Some(&body)),
             Op::Delete(..) => self.req("DELETE", &p, None),
-            _ => self.req("POST", &p, Some(&r)),
+            _ => self.req("POST", &p, Some(&body)),
         };
         match self.model.apply(&op) {
             Ok(()) => {
@@ -916,5 +922,75 @@ fn run(seed: u64) {
 fn random_operations_match_a_model_through_crashes_and_restarts() {
     for seed in seeds() {
         run(seed);
+    }
+}
+
+/// Wait until every node of `c` has applied the same writes.
+fn wait_same_version_vectors(c: &Cluster) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let vvs: Vec<Option<Value>> = c
+            .nodes
+            .iter()
+            .map(|n| n.try_status().map(|s| s["version_vector"].clone()))
+            .collect();
+        if vvs[0].is_some() && vvs.iter().all(|v| *v == vvs[0]) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no convergence within {DEADLINE:?}: {vvs:?}\n{}",
+            c.log_tails()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn two_datacenters_each_hold_the_model_of_both_writers() {
+    let c = Cluster::builder().datacenters(2, 1).start();
+    c.wait_connected();
+    let ops = ops_per_phase();
+    let mut all = Model::default();
+    for seed in seeds() {
+        // Two clients per node, each on its own keys, all adding to one
+        // counter at both nodes.
+        let shared = format!("shared-{seed}");
+        let clients: Vec<Client> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2 * c.nodes.len())
+                .map(|i| {
+                    let node = &c.nodes[i % c.nodes.len()];
+                    let (addr, shared) = (node.addr(), shared.clone());
+                    let prefix = format!("{seed}/{}/{}/", node.name, i / c.nodes.len());
+                    s.spawn(move || {
+                        let gen = Gen::new(seed ^ ((i as u64 + 1) << 40), &prefix);
+                        let mut c = Client::new(addr, seed, gen, Some(shared));
+                        for _ in 0..ops / 2 {
+                            c.step();
+                        }
+                        c
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut total = 0;
+        for c in clients {
+            total += c.shared.as_ref().map_or(0, |s| s.1);
+            all.merge(c.model);
+        }
+        let counter = Counter {
+            value: total,
+            listed: true,
+        };
+        all.counters.insert(shared, counter);
+        wait_same_version_vectors(&c);
+        for node in &c.nodes {
+            let mut check = Client::new(node.addr(), seed, Gen::new(seed, "x/"), None);
+            check.model = all.clone();
+            check.note(format!("(reading {} after every client's ops)", node.name));
+            let own = format!("{seed}/{}/", node.name);
+            check.check_all(&["", &own, &format!("{seed}/")]);
+        }
     }
 }
