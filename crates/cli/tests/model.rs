@@ -715,6 +715,47 @@ impl Client {
         }
     }
 
+    /// Every page of a paged read: `base` (ending in `?` or `&`) with
+    /// `limit=` and, after the first page, `after=` the previous page's
+    /// `next` (the text to send back as it is). Returns each page's request
+    /// and answer. Fails past `max_pages`, on a page with more than `limit`
+    /// items in `field`, and on a `next` that is neither a string nor null.
+    fn pages(
+        &self,
+        base: &str,
+        field: &str,
+        limit: usize,
+        max_pages: usize,
+    ) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            if out.len() > max_pages {
+                self.fail(&format!("GET {base}: paging does not end"));
+            }
+            let mut q = format!("{base}limit={limit}");
+            if let Some(a) = &after {
+                write!(q, "&after={}", enc(a, false)).unwrap();
+            }
+            let r = self.req("GET", &q, None);
+            let what = format!("GET {q}");
+            self.expect(&r, 200, &what);
+            let j = r.json();
+            if j[field].as_array().is_none_or(|items| items.len() > limit) {
+                self.fail(&format!("{what}: {}", r.text()));
+            }
+            after = match &j["next"] {
+                Value::Null => None,
+                Value::String(next) => Some(next.clone()),
+                other => self.fail(&format!("{what}: next is {other}")),
+            };
+            out.push((what, j));
+            if after.is_none() {
+                return out;
+            }
+        }
+    }
+
     /// A set read page by page, and `contains` for elements in and out of it.
     fn check_set(&self, key: &str) {
         let empty = BTreeMap::new();
@@ -724,34 +765,14 @@ impl Client {
         // key, so a check does not change the sequence of ops.
         let limit = 1 + key.len() % 7 + want.len() % 5;
         let mut got = BTreeMap::new();
-        // `next` is the text to send back as `after=` (a string element
-        // quoted where it would read as a number, or has quotes).
-        let mut after: Option<String> = None;
-        for page in 0.. {
-            if page > want.len() + 2 {
-                self.fail(&format!("set {key:?}: paging does not end"));
+        for (what, j) in self.pages(&format!("{p}?"), "elements", limit, want.len() + 2) {
+            if j["key"] != json!(key) {
+                self.fail(&format!("{what}: {j}"));
             }
-            let mut q = format!("{p}?limit={limit}");
-            if let Some(a) = &after {
-                write!(q, "&after={}", enc(a, false)).unwrap();
-            }
-            let r = self.req("GET", &q, None);
-            let what = format!("GET {q}");
-            self.expect(&r, 200, &what);
-            let j = r.json();
-            let elems = j["elements"].as_array().cloned().unwrap_or_default();
-            if j["key"] != json!(key) || elems.len() > limit {
-                self.fail(&format!("{what}: {}", r.text()));
-            }
-            for e in elems {
-                if got.insert(canon(&e), e).is_some() {
-                    self.fail(&format!("{what}: an element twice: {}", r.text()));
+            for e in j["elements"].as_array().into_iter().flatten() {
+                if got.insert(canon(e), e.clone()).is_some() {
+                    self.fail(&format!("{what}: an element twice: {j}"));
                 }
-            }
-            match &j["next"] {
-                Value::Null => break,
-                Value::String(next) => after = Some(next.clone()),
-                other => self.fail(&format!("{what}: next is {other}")),
             }
         }
         if got.keys().ne(want.keys()) {
@@ -803,34 +824,11 @@ impl Client {
             .filter(|k| k.starts_with(prefix))
             .collect();
         let limit = 1 + (prefix.len() + want.len()) % 6;
+        let base = format!("/v1/{}?prefix={}&", kind.name(), enc(prefix, false));
         let mut got = Vec::new();
-        let mut after: Option<String> = None;
-        for page in 0.. {
-            if page > want.len() + 2 {
-                self.fail(&format!("{} listing does not end", kind.name()));
-            }
-            let mut q = format!(
-                "/v1/{}?prefix={}&limit={limit}",
-                kind.name(),
-                enc(prefix, false)
-            );
-            if let Some(a) = &after {
-                write!(q, "&after={}", enc(a, false)).unwrap();
-            }
-            let r = self.req("GET", &q, None);
-            let what = format!("GET {q}");
-            self.expect(&r, 200, &what);
-            let j = r.json();
-            let keys = j["keys"].as_array().cloned().unwrap_or_default();
-            if keys.len() > limit {
-                self.fail(&format!("{what}: {}", r.text()));
-            }
-            got.extend(keys.iter().map(|k| k.as_str().unwrap_or("?").to_string()));
-            match &j["next"] {
-                Value::Null => break,
-                Value::String(s) => after = Some(s.clone()),
-                other => self.fail(&format!("{what}: next is {other}")),
-            }
+        for (_, j) in self.pages(&base, "keys", limit, want.len() + 2) {
+            let keys = j["keys"].as_array().into_iter().flatten();
+            got.extend(keys.map(|k| k.as_str().unwrap_or("?").to_string()));
         }
         if got != want {
             self.fail(&format!(
