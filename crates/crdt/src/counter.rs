@@ -340,11 +340,11 @@ mod tests {
         let mut bytes = crate::codec::encode(&c).unwrap();
         let decoded: PNCounter = crate::codec::decode(&bytes).unwrap();
         assert_eq!(decoded.add_delta(A, 1), Err(CounterError::Overflow));
-        // Adds stop at MAX_TOTAL, where the totals still read.
         // A decoded value far outside i64 refuses adds without overflowing.
         let mut wide = PNCounter::default();
         wide.p.set_max(A, MAX_TOTAL);
         assert_eq!(wide.add_delta(B, i64::MAX), Err(CounterError::Overflow));
+        // Adds stop at MAX_TOTAL, where the totals still read.
         let mut near = PNCounter::default();
         near.p.set_max(A, MAX_TOTAL - 1);
         near.n.set_max(A, MAX_TOTAL - 1);
